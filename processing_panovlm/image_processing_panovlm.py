@@ -1,0 +1,263 @@
+"""`PanoVLMImageProcessor`: equirectangular panoramas -> the views of a crop strategy, ready for the vision tower."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.image_processing_base import ImageProcessingMixin
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.processing_utils import ImagesKwargs
+
+from configuration_panovlm.view_layout import ViewLayout, build_view_layout, normalize_yaw
+
+from .equirect import sample_views
+from .image_loading import PanoramaImageError, PanoramaInput, is_unit_range_image, load_panorama
+
+
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+# Keys HF writes into a saved preprocessor_config.json besides the settings themselves.
+_HF_BOOKKEEPING_KEYS = ("image_processor_type", "processor_class", "auto_map", "feature_extractor_type")
+# Per-call overrides; the geometry settings are fixed at construction because they decide the view count.
+_CALL_OVERRIDES = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+_GEOMETRY_SETTINGS = (
+    "crop_strategy",
+    "image_size",
+    "fov_deg",
+    "overlap_ratio",
+    "aspect_ratio_tolerance",
+    "max_erp_width",
+)
+
+
+class PanoVLMImageProcessorKwargs(ImagesKwargs, total=False):
+    """Keyword arguments of `PanoVLMImageProcessor` (its settings), for `ProcessorMixin` kwargs routing."""
+
+    crop_strategy: str
+    image_size: int
+    fov_deg: float | int
+    overlap_ratio: float | int
+    aspect_ratio_tolerance: float | int
+    max_erp_width: int | None
+
+
+class PanoVLMImageProcessor(BaseImageProcessor):
+    r"""Turns equirectangular panoramas (ERP, 2:1) into the square views of a crop strategy.
+
+    The views are those of `build_view_layout(crop_strategy, fov_deg, overlap_ratio)`
+    (configuration_panovlm.view_layout), sampled by one batched, seam-correct torch `grid_sample`
+    (`processing_panovlm.equirect.sample_views`): perspective views match `py360convert.e2p` (bilinear),
+    ERP crops wrap across the +/-180 degree seam, and the whole-panorama views (`resize`, the letterboxed global view
+    of `anyres_e2p`) use an antialiased resize. Each view is then rescaled and normalised.
+
+    Args:
+        crop_strategy (`str`): one of `resize`, `e2p`, `anyres_e2p`, `cubemap`, `sliding_window`.
+        image_size (`int`): side `S` of each square view (the vision tower's input size).
+        fov_deg (`float`): horizontal (= vertical) field of view of each view, in degrees.
+        overlap_ratio (`float`): requested overlap of neighbouring views, in [0, 1).
+        do_rescale (`bool`): multiply by `rescale_factor` (maps 0..255 to [0, 1]).
+        rescale_factor (`float`): defaults to 1/255.
+        do_normalize (`bool`): subtract `image_mean` and divide by `image_std` per channel.
+        image_mean, image_std (`list[float]`): default SigLIP's (0.5, 0.5, 0.5).
+        aspect_ratio_tolerance (`float`): largest relative deviation of width / height from 2 that is accepted.
+        max_erp_width (`int`, *optional*): shrink wider panoramas to this width (area filter) before sampling
+            the perspective / crop views; `None` (default) samples the original pixels.
+
+    Inputs: one panorama or a list of them, each a PIL image, numpy array, torch tensor or file path (see
+    `load_panorama`), or a 4-D array / tensor holding a batch of them. 8- and 16-bit images are on the 0..255
+    scale; float arrays / tensors must be in [0, 1] and need `do_rescale=False`. Panoramas of different sizes can
+    share a batch.
+
+    Returns a `BatchFeature` with:
+        * `pixel_values`: `(batch, views, 3, S, S)` float32, views in layout order (global view first, then the
+          strip from left to right). Letterbox bars are 0 before normalisation.
+        * `view_yaw_deg`: `(batch, views)` view centre yaw in degrees, in (-180, 180], positive = right of the
+          ERP centre column.
+        * `view_pitch_deg`: `(batch, views)` view centre pitch in degrees, positive = up.
+        * `view_fov_deg`: `(batch, views)` horizontal field of view of each view in degrees (360 for whole-panorama
+          views).
+
+    Call-time overrides: `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std`;
+    `return_tensors` (`"pt"`, `"np"` or `None` = torch tensors) and `device` (where sampling runs; default: the
+    input's device, CPU for PIL / numpy / paths).
+
+    Example:
+
+    ```python
+    >>> processor = PanoVLMImageProcessor(crop_strategy="anyres_e2p", image_size=384, fov_deg=90.0, overlap_ratio=0.5)
+    >>> processor("panorama.jpg", return_tensors="pt")["pixel_values"].shape
+    torch.Size([1, 9, 3, 384, 384])
+    ```
+    """
+
+    valid_kwargs = PanoVLMImageProcessorKwargs
+    model_input_names = ["pixel_values", "view_yaw_deg", "view_pitch_deg", "view_fov_deg"]
+
+    def __init__(
+        self,
+        crop_strategy: str = "anyres_e2p",
+        image_size: int = 384,
+        fov_deg: float = 90.0,
+        overlap_ratio: float = 0.5,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: list[float] | tuple[float, ...] | None = None,
+        image_std: list[float] | tuple[float, ...] | None = None,
+        aspect_ratio_tolerance: float = 0.01,
+        max_erp_width: int | None = None,
+        **kwargs,
+    ):
+        unknown = set(kwargs) - set(_HF_BOOKKEEPING_KEYS)
+        if unknown:
+            raise TypeError(f"PanoVLMImageProcessor got unexpected keyword arguments {sorted(unknown)}")
+        # auto_map must survive a save / load round trip; the other bookkeeping keys are rewritten by HF.
+        super().__init__(**{key: value for key, value in kwargs.items() if key == "auto_map"})
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2:
+            raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}")
+        if not 0.0 <= aspect_ratio_tolerance < 0.5:
+            raise ValueError(f"aspect_ratio_tolerance must be in [0, 0.5), got {aspect_ratio_tolerance}")
+        if max_erp_width is not None and (not isinstance(max_erp_width, int) or max_erp_width < 4):
+            raise ValueError(f"max_erp_width must be an integer >= 4 or None, got {max_erp_width!r}")
+        self.crop_strategy = crop_strategy
+        self.image_size = image_size
+        self.fov_deg = float(fov_deg)
+        self.overlap_ratio = float(overlap_ratio)
+        self.aspect_ratio_tolerance = float(aspect_ratio_tolerance)
+        self.max_erp_width = max_erp_width
+        build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)  # raises for impossible settings
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = _channel_stats(SIGLIP_MEAN if image_mean is None else image_mean, "image_mean")
+        self.image_std = _channel_stats(SIGLIP_STD if image_std is None else image_std, "image_std")
+
+    @property
+    def view_layout(self) -> ViewLayout:
+        """The views every panorama is turned into (`build_view_layout` of this processor's settings)."""
+        return build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        # BaseImageProcessor.to_dict drops settings whose value is None (max_erp_width); every setting is kept.
+        return ImageProcessingMixin.to_dict(self)
+
+    def preprocess(
+        self,
+        images: PanoramaInput | list[PanoramaInput] | tuple[PanoramaInput, ...],
+        return_tensors: str | None = None,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Panoramas -> `BatchFeature` of views and view metadata; see the class docstring."""
+        options = self._resolve_call_options(kwargs)
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("images is empty: pass one panorama or a non-empty list")
+        else:
+            images = [images]
+
+        panoramas = []
+        for index, image in enumerate(images):
+            if isinstance(image, (list, tuple)):
+                raise ValueError(f"images[{index}] is a {type(image).__name__}: pass one panorama per sample")
+            if options["do_rescale"] and is_unit_range_image(image):
+                raise PanoramaImageError(
+                    f"images[{index}] is a float image, which must already be in [0, 1]; rescaling it by "
+                    f"{options['rescale_factor']:g} again would darken it. Pass do_rescale=False (or uint8 data)."
+                )
+            panorama = load_panorama(image, self.aspect_ratio_tolerance)
+            panoramas.append(panorama if device is None else panorama.to(device))
+
+        pixel_values = self._sample(panoramas)
+        pixel_values = self._rescale_and_normalize(pixel_values, **options)
+
+        layout = self.view_layout
+        metadata = {
+            "view_yaw_deg": [normalize_yaw(view.yaw_deg) for view in layout.views],
+            "view_pitch_deg": [view.pitch_deg for view in layout.views],
+            "view_fov_deg": [view.hfov_deg for view in layout.views],
+        }
+        data = {"pixel_values": pixel_values}
+        for key, values in metadata.items():
+            row = torch.tensor(values, dtype=torch.float32, device=pixel_values.device)
+            data[key] = row.expand(len(panoramas), -1).clone()
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _resolve_call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        options = {name: getattr(self, name) for name in _CALL_OVERRIDES}
+        for key, value in kwargs.items():
+            if key in _CALL_OVERRIDES:
+                if value is not None:
+                    options[key] = value
+            elif key in _GEOMETRY_SETTINGS:
+                if value is not None and value != getattr(self, key):
+                    raise ValueError(
+                        f"{key}={value!r} differs from this processor's {key}={getattr(self, key)!r}; the view "
+                        "geometry is fixed at construction (build another PanoVLMImageProcessor)"
+                    )
+            elif value is not None:
+                raise ValueError(
+                    f"PanoVLMImageProcessor does not support {key!r}; per-call options are {list(_CALL_OVERRIDES)}, "
+                    "return_tensors and device"
+                )
+        options["image_mean"] = _channel_stats(options["image_mean"], "image_mean")
+        options["image_std"] = _channel_stats(options["image_std"], "image_std")
+        return options
+
+    def _sample(self, panoramas: list[torch.Tensor]) -> torch.Tensor:
+        """`(3, H_i, W_i)` panoramas -> `(batch, views, 3, S, S)`, one sampler call per distinct size and device."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for index, panorama in enumerate(panoramas):
+            groups[(tuple(panorama.shape), panorama.device)].append(index)
+        if len({device for _, device in groups}) > 1:
+            raise ValueError("panoramas are on different devices; pass device=... to sample them in one place")
+        views: list[torch.Tensor | None] = [None] * len(panoramas)
+        for indices in groups.values():
+            batch = torch.stack([panoramas[index] for index in indices])
+            sampled = sample_views(batch, self.view_layout, self.image_size, self.max_erp_width)
+            for position, index in enumerate(indices):
+                views[index] = sampled[position]
+        return torch.stack(views)
+
+    @staticmethod
+    def _rescale_and_normalize(
+        pixel_values: torch.Tensor,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: list[float],
+        image_std: list[float],
+    ) -> torch.Tensor:
+        scale = torch.full((3,), rescale_factor if do_rescale else 1.0, dtype=torch.float64)
+        shift = torch.zeros(3, dtype=torch.float64)
+        if do_normalize:
+            mean = torch.tensor(image_mean, dtype=torch.float64)
+            std = torch.tensor(image_std, dtype=torch.float64)
+            # (x * factor - mean) / std as one multiply-add per pixel.
+            scale, shift = scale / std, -mean / std
+        scale = scale.to(pixel_values.device, torch.float32).view(3, 1, 1)
+        shift = shift.to(pixel_values.device, torch.float32).view(3, 1, 1)
+        return torch.addcmul(shift, pixel_values, scale)
+
+
+def _channel_stats(values: float | list[float] | tuple[float, ...], name: str) -> list[float]:
+    """Per-channel mean / std as a list of 3 floats (a single number applies to every channel)."""
+    if isinstance(values, (int, float)):
+        values = [values] * 3
+    values = [float(value) for value in values]
+    if len(values) != 3:
+        raise ValueError(f"{name} needs 3 values (RGB), got {values}")
+    if name == "image_std" and min(values) <= 0:
+        raise ValueError(f"image_std must be positive, got {values}")
+    return values
+
+
+__all__ = ["PanoVLMImageProcessor", "PanoVLMImageProcessorKwargs"]

@@ -1,0 +1,130 @@
+"""Synthetic equirectangular panoramas: coloured shapes at known directions, with captions.
+
+Shapes are drawn on the sphere (in each object's own tangent frame), so they look right in every perspective view
+and wrap correctly across the +/-180 degree seam. Directions follow the library convention: yaw 0 = front,
++90 = right, +/-180 = behind, -90 = left.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (240, 210, 40),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+DIRECTIONS: dict[str, float] = {"front": 0.0, "right": 90.0, "behind": 180.0, "left": -90.0}
+DIRECTION_PHRASES = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left"}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """A flat shape facing the camera, centred at (`yaw_deg`, `pitch_deg`), `size_deg` across."""
+
+    colour: str
+    shape: str
+    yaw_deg: float
+    pitch_deg: float = 0.0
+    size_deg: float = 40.0
+
+    @property
+    def direction(self) -> str:
+        """The nearest of front / right / behind / left."""
+        return direction_of(self.yaw_deg)
+
+
+def direction_of(yaw_deg: float) -> str:
+    """Name of the compass quadrant (front, right, behind, left) containing `yaw_deg`."""
+    offsets = {name: abs((yaw_deg - centre + 180.0) % 360.0 - 180.0) for name, centre in DIRECTIONS.items()}
+    return min(offsets, key=offsets.get)
+
+
+def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Membership in a unit shape, `x`, `y` in units of the half size (inside |x|, |y| <= 1)."""
+    if shape == "circle":
+        return x**2 + y**2 <= 1.0
+    if shape == "square":
+        return (np.abs(x) <= 0.85) & (np.abs(y) <= 0.85)
+    if shape == "diamond":
+        return np.abs(x) + np.abs(y) <= 1.0
+    if shape == "triangle":  # apex up
+        return (y >= -0.8) & (y <= 1.0) & (np.abs(x) <= (1.0 - y) * 0.62)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render_panorama(objects: list[SceneObject], height: int = 256, seed: int = 0) -> Image.Image:
+    """An RGB equirectangular image `height` x `2 * height` with `objects` drawn on a sky/ground background.
+
+    The background has a little seeded texture so views are not flat; objects are opaque and drawn in order.
+    """
+    width = 2 * height
+    lon = (np.arange(width) + 0.5) / width * 2 * math.pi - math.pi  # pixel centres, -pi..pi, yaw right-positive
+    lat = math.pi / 2 - (np.arange(height) + 0.5) / height * math.pi  # +pi/2 at the top row
+    lon, lat = np.meshgrid(lon, lat)
+    sky = np.array([150, 190, 235], dtype=np.float64)
+    ground = np.array([120, 110, 95], dtype=np.float64)
+    t = np.clip(lat / (math.pi / 2), -1.0, 1.0)[..., None]
+    image = np.where(t >= 0, sky * (1 - 0.35 * t) + 255 * 0.35 * t, ground * (1 + 0.3 * t))
+    image += np.random.default_rng(seed).normal(0.0, 6.0, image.shape)
+
+    # Unit direction vectors of every pixel: x right (yaw +90), y up, z front (yaw 0).
+    dirs = np.stack([np.cos(lat) * np.sin(lon), np.sin(lat), np.cos(lat) * np.cos(lon)], axis=-1)
+    for obj in objects:
+        yaw, pitch = math.radians(obj.yaw_deg), math.radians(obj.pitch_deg)
+        forward = np.array([math.cos(pitch) * math.sin(yaw), math.sin(pitch), math.cos(pitch) * math.cos(yaw)])
+        right = np.array([math.cos(yaw), 0.0, -math.sin(yaw)])
+        up = np.cross(forward, right)
+        depth = dirs @ forward
+        half = math.tan(math.radians(obj.size_deg) / 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = (dirs @ right) / depth / half
+            y = (dirs @ up) / depth / half
+        inside = (depth > 0) & _shape_mask(obj.shape, x, y)
+        image[inside] = COLOURS[obj.colour]
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def random_scene(rng: random.Random, num_objects: int = 4, seam_probability: float = 0.25) -> list[SceneObject]:
+    """`num_objects` (at most 4) objects with distinct colours, one per compass direction, jittered by up to
+    +/-25 degrees; with `seam_probability` the object behind sits exactly on the +/-180 degree seam."""
+    if not 1 <= num_objects <= len(DIRECTIONS):
+        raise ValueError(f"num_objects must be in [1, {len(DIRECTIONS)}], got {num_objects}")
+    colours = rng.sample(list(COLOURS), num_objects)
+    directions = rng.sample(list(DIRECTIONS), num_objects)
+    objects = []
+    for colour, direction in zip(colours, directions):
+        yaw = DIRECTIONS[direction] + rng.uniform(-25.0, 25.0)
+        if direction == "behind" and rng.random() < seam_probability:
+            yaw = 180.0
+        objects.append(SceneObject(colour, rng.choice(SHAPES), yaw, rng.uniform(-10.0, 10.0), rng.uniform(35, 50)))
+    return objects
+
+
+def describe_scene(objects: list[SceneObject]) -> str:
+    """A caption naming every object's colour, shape and direction, front first, clockwise."""
+    order = list(DIRECTIONS)
+    ordered = sorted(objects, key=lambda obj: order.index(obj.direction))
+    parts = [f"a {obj.colour} {obj.shape} {DIRECTION_PHRASES[obj.direction]}" for obj in ordered]
+    return "There is " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] + "."
+
+
+__all__ = [
+    "COLOURS",
+    "DIRECTIONS",
+    "DIRECTION_PHRASES",
+    "SHAPES",
+    "SceneObject",
+    "describe_scene",
+    "direction_of",
+    "random_scene",
+    "render_panorama",
+]

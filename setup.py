@@ -1,0 +1,37 @@
+"""PanoVLM: HuggingFace-native vision-language models for 360-degree equirectangular panoramas."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+
+setup(
+    name="panovlm",
+    version="0.1.0",
+    description="HuggingFace-native vision-language models for 360° equirectangular panoramas",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["configuration_panovlm", "modeling_panovlm", "processing_panovlm"],
+    install_requires=[
+        # torch stays satisfiable by the CPU 2.13.0 wheel; torchvision is deliberately absent (its wheels need
+        # CUDA torch), so image processing runs on transformers' PIL backend and our own torch sampler.
+        "torch>=2.6",
+        "transformers>=5.23,<6",
+        "accelerate>=1.10",
+        "peft>=0.21",
+        "safetensors>=0.8",
+        "datasets>=4.7",
+        "huggingface-hub>=1.31,<3",
+        "py360convert>=1.0.3",
+        "numpy",
+        "pillow",
+        "pyyaml",
+    ],
+    extras_require={
+        # CUDA machines only: neither builds nor imports without CUDA. Install with --no-build-isolation.
+        "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        "dev": ["pytest>=8"],
+    },
+)

@@ -1,0 +1,152 @@
+"""PanoVLMProcessor: placeholder expansion, chat template, batching, named errors, save/load round trip."""
+
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from processing_panovlm import PanoVLMProcessor
+from processing_panovlm.synthetic_panoramas import SceneObject, render_panorama
+
+
+def user_turn(text, image=True):
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+def test_chat_template_places_the_image_in_the_user_turn(tiny_mlp):
+    _, processor = tiny_mlp
+    messages = [{"role": "system", "content": "You are a helpful assistant."}] + user_turn("Where is the red circle?")
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|image_pad|>\nWhere is the red circle?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    with_answer = processor.apply_chat_template(
+        messages + [{"role": "assistant", "content": [{"type": "text", "text": "In front."}]}]
+    )
+    # Training renders the same prefix as generation: the image sits at the same place in both.
+    assert with_answer.startswith(prompt) and with_answer.endswith("In front.<|im_end|>\n")
+
+
+def test_placeholder_expands_to_the_models_token_count(tiny_mlp, panorama):
+    model, processor = tiny_mlp
+    prompt = processor.apply_chat_template(user_turn("Describe."), add_generation_prompt=True)
+    inputs = processor(images=panorama, text=prompt, return_tensors="pt")
+    assert processor.num_image_tokens == model.config.num_image_tokens
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == model.config.num_image_tokens
+    config = model.config
+    assert inputs["pixel_values"].shape == (1, config.num_views, 3, config.view_size, config.view_size)
+    assert inputs["view_yaw_deg"][0].tolist() == [v.yaw_deg for v in config.view_layout.views]
+    assert sorted(inputs) == ["attention_mask", "input_ids", "pixel_values", "view_fov_deg", "view_pitch_deg", "view_yaw_deg"]
+
+
+def test_batch_of_panoramas_with_different_prompt_lengths_pads_left(tiny_mlp, panorama):
+    model, processor = tiny_mlp
+    other = render_panorama([SceneObject("green", "circle", 45.0)], height=64)
+    prompts = [
+        processor.apply_chat_template(user_turn("Hi."), add_generation_prompt=True),
+        processor.apply_chat_template(user_turn("What is in front of the camera, and what is behind it?"), add_generation_prompt=True),
+    ]
+    inputs = processor(images=[panorama, other], text=prompts, padding=True, return_tensors="pt")
+    assert inputs["pixel_values"].shape[0] == 2
+    mask = inputs["attention_mask"]
+    assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[:, -1].tolist() == [1, 1]  # left padding
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    # Each row generates as it would alone: padding does not leak into the answer.
+    alone = model.generate(**processor(images=panorama, text=prompts[0], return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert torch.equal(generated[0, -3:], alone[0, -3:])
+
+
+def test_truncating_through_image_tokens_raises(tiny_mlp, panorama):
+    _, processor = tiny_mlp
+    prompt = processor.apply_chat_template(user_turn("Describe."), add_generation_prompt=True)
+    with pytest.raises(ValueError, match="image.*token count|truncation"):
+        processor(images=panorama, text=prompt, truncation=True, max_length=20, return_tensors="pt")
+
+
+def test_per_call_truncation_does_not_leak_into_a_saved_tokenizer(tmp_path, panorama):
+    _, processor = build_tiny_checkpoint()
+    prompt = processor.apply_chat_template(user_turn("Describe."), add_generation_prompt=True)
+    with pytest.raises(ValueError):
+        processor(images=panorama, text=prompt, truncation=True, max_length=20)
+    processor(images=[panorama, panorama], text=[prompt, prompt + "more"], padding="max_length", max_length=200)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.tokenizer.backend_tokenizer.truncation is None
+    inputs = loaded(images=panorama, text=prompt, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] == len(processor.tokenizer(prompt).input_ids) + processor.num_image_tokens - 1
+
+
+@pytest.mark.parametrize(
+    "text, images, message",
+    [
+        ("no placeholder here", 1, "should be the same as the number of images"),
+        ("<|image_pad|> and <|image_pad|>", 1, "should be the same as the number of images"),
+        ("<|image_pad|> describe", 0, "no images were passed"),
+        ("   ", 1, "empty"),
+    ],
+)
+def test_prompt_and_image_mismatches_raise(tiny_mlp, panorama, text, images, message):
+    _, processor = tiny_mlp
+    with pytest.raises(ValueError, match=message):
+        processor(images=[panorama] * images or None, text=text)
+
+
+def test_wrong_aspect_ratio_is_a_named_error(tiny_mlp):
+    from PIL import Image
+
+    from processing_panovlm import PanoramaImageError
+
+    _, processor = tiny_mlp
+    with pytest.raises(PanoramaImageError, match="2:1"):
+        processor(images=Image.new("RGB", (300, 200)), text="<|image_pad|>Describe.")
+
+
+def test_processor_round_trip(tmp_path, tiny_mlp, panorama):
+    _, processor = tiny_mlp
+    processor.save_pretrained(tmp_path)
+    assert {"processor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, PanoVLMProcessor)
+    assert loaded.chat_template == processor.chat_template
+    assert loaded.view_token_grid == processor.view_token_grid and loaded.stitching_mode == processor.stitching_mode
+    assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
+    assert loaded.tokenizer.padding_side == "left"
+    prompt = processor.apply_chat_template(user_turn("Describe."), add_generation_prompt=True)
+    assert loaded.apply_chat_template(user_turn("Describe."), add_generation_prompt=True) == prompt
+    a = processor(images=panorama, text=prompt, return_tensors="pt")
+    b = loaded(images=panorama, text=prompt, return_tensors="pt")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_processor_and_model_disagreeing_is_caught_by_the_model(tiny_mlp, panorama):
+    # A processor built for concat stitching expands to more tokens than the drop_overlap model produces.
+    model, processor = tiny_mlp
+    concat = PanoVLMProcessor(
+        processor.image_processor,
+        processor.tokenizer,
+        view_token_grid=processor.view_token_grid,
+        stitching_mode="concat",
+    )
+    inputs = concat(images=panorama, text="<|image_pad|>Describe.", return_tensors="pt")
+    with pytest.raises(ValueError, match=f"gives {model.config.num_image_tokens} features"):
+        model(**inputs)
+
+
+def test_constructor_errors(tiny_mlp):
+    _, processor = tiny_mlp
+    with pytest.raises(ValueError, match="view_token_grid"):
+        PanoVLMProcessor(processor.image_processor, processor.tokenizer)
+    with pytest.raises(ValueError, match="single token"):
+        PanoVLMProcessor(processor.image_processor, processor.tokenizer, view_token_grid=[4, 4], image_token="<image>")
+
+
+def test_from_model_config_matches_every_crop_strategy():
+    for crop in ("resize", "e2p", "cubemap", "sliding_window"):
+        model, processor = build_tiny_checkpoint(resampler_type="mlp", crop_strategy=crop)
+        assert processor.num_image_tokens == model.config.num_image_tokens
+        assert processor.image_processor.view_layout == model.config.view_layout

@@ -1,0 +1,130 @@
+"""save_pretrained -> from_pretrained in a fresh Python process gives the same model and processor, for every
+resampler type and crop strategy: zero missing/unexpected/mismatched keys, bit-identical logits, equal greedy
+generations, identical processor outputs. Also: bf16 loading keeps Mamba's A_log and D in fp32."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from configuration_panovlm import CROP_STRATEGIES
+from modeling_panovlm import RESAMPLERS
+from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+
+
+PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is on the left?"}]}]
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    import modeling_panovlm  # registers the Auto classes; nothing else from the parent process is reused
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from PIL import Image
+
+    report = {}
+    for case in json.loads(sys.argv[1]):
+        expected = torch.load(case["expected"], weights_only=True)
+        model, info = AutoModelForImageTextToText.from_pretrained(case["dir"], output_loading_info=True)
+        processor = AutoProcessor.from_pretrained(case["dir"])
+        model.eval()
+        inputs = processor(images=Image.open(case["image"]), text=case["text"], return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        report[case["dir"]] = {
+            "class": type(model).__name__,
+            "processor_class": type(processor).__name__,
+            "loading_info": {k: sorted(map(str, v)) for k, v in info.items()},
+            "inputs_equal": sorted(inputs) == sorted(expected["inputs"])
+            and all(torch.equal(inputs[k], expected["inputs"][k]) for k in inputs),
+            "logits_equal": torch.equal(logits, expected["logits"]),
+            "generation_equal": torch.equal(generated, expected["generated"]),
+        }
+    print(json.dumps(report))
+    """
+)
+
+
+def test_every_resampler_and_crop_strategy_round_trips_in_a_fresh_process(tmp_path, panorama):
+    image_path = tmp_path / "pano.png"
+    panorama.save(image_path)
+    cases = []
+    for resampler in sorted(RESAMPLERS):
+        for crop in CROP_STRATEGIES:
+            directory = tmp_path / f"{resampler}-{crop}"
+            model, processor = build_tiny_checkpoint(directory, resampler_type=resampler, crop_strategy=crop, seed=1)
+            text = processor.apply_chat_template(PROMPT, add_generation_prompt=True)
+            inputs = processor(images=panorama, text=text, return_tensors="pt")
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+            expected = tmp_path / f"{resampler}-{crop}.pt"
+            torch.save({"inputs": dict(inputs), "logits": logits, "generated": generated}, expected)
+            cases.append({"dir": str(directory), "expected": str(expected), "image": str(image_path), "text": text})
+
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(cases)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report) == len(RESAMPLERS) * len(CROP_STRATEGIES)
+    for directory, outcome in report.items():
+        assert outcome["class"] == "PanoVLMForConditionalGeneration", directory
+        assert outcome["processor_class"] == "PanoVLMProcessor", directory
+        assert outcome["loading_info"] == {
+            "missing_keys": [],
+            "unexpected_keys": [],
+            "mismatched_keys": [],
+            "error_msgs": [],
+        }, directory
+        assert outcome["inputs_equal"], directory
+        assert outcome["logits_equal"], directory
+        assert outcome["generation_equal"], directory
+
+
+def test_bf16_load_keeps_mamba_state_tensors_in_fp32(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    build_tiny_checkpoint(tmp_path, resampler_type="bimamba", crop_strategy="e2p")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    mamba_state = [n for n in dtypes if n.endswith(".A_log") or n.endswith(".D")]
+    assert mamba_state, "the bimamba resampler has A_log and D parameters"
+    assert all(dtypes[n] == torch.float32 for n in mamba_state)
+    assert dtypes["model.resampler.blocks.0.forward_block.in_proj.weight"] == torch.bfloat16
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    config = model.config
+    pixels = torch.randn(1, config.num_views, 3, config.view_size, config.view_size, dtype=torch.bfloat16)
+    features = model.get_image_features(pixels)
+    assert features.dtype == torch.bfloat16 and torch.isfinite(features.float()).all()
+
+
+@pytest.mark.parametrize("package", ["configuration_panovlm", "modeling_panovlm", "processing_panovlm"])
+def test_importing_any_package_registers_every_auto_class(package):
+    code = textwrap.dedent(
+        f"""
+        import {package}
+        from transformers import AutoModel, AutoModelForImageTextToText
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+        config_cls = CONFIG_MAPPING["panovlm"]
+        names = [
+            config_cls.__name__,
+            AutoModel._model_mapping[config_cls].__name__,
+            AutoModelForImageTextToText._model_mapping[config_cls].__name__,
+            PROCESSOR_MAPPING[config_cls].__name__,
+            IMAGE_PROCESSOR_MAPPING[config_cls]["pil"].__name__,
+        ]
+        print(",".join(names))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        "PanoVLMConfig,PanoVLMModel,PanoVLMForConditionalGeneration,PanoVLMProcessor,PanoVLMImageProcessor"
+    )
