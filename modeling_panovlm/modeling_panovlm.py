@@ -320,8 +320,9 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> PanoVLMCausalLMOutputWithPast:
-        """Logits and, with `labels` `(batch, seq)` (-100 = ignored), the mean next-token loss. Under gradient
-        accumulation the Trainer passes `num_items_in_batch`, and the loss is summed and divided by it instead."""
+        """Logits and, with `labels` `(batch, seq)` (-100 = ignored), the mean next-token loss. Image placeholder
+        and padding positions never count as targets, whatever `labels` holds there. Under gradient accumulation
+        the Trainer passes `num_items_in_batch`, and the loss is summed and divided by it instead."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -341,6 +342,10 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+            if attention_mask is not None:
+                labels = labels.masked_fill(attention_mask == 0, -100)
             loss = self.loss_function(
                 logits=logits,
                 labels=labels,

@@ -65,6 +65,42 @@ def test_loss_ignores_masked_labels_and_accepts_num_items_in_batch(tiny_mlp):
     model.zero_grad()
 
 
+def test_image_and_padding_positions_are_never_targets(tiny_mlp):
+    model, _ = tiny_mlp
+    config = model.config
+    ids, pixels = image_prompt_ids(config), random_pixels(config)
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, :2] = 0  # left padding of the second prompt
+    masked = ids.masked_fill(ids == config.image_token_id, -100).masked_fill(attention_mask == 0, -100)
+    with torch.no_grad():
+        naive = model(input_ids=ids, pixel_values=pixels, attention_mask=attention_mask, labels=ids).loss
+        explicit = model(input_ids=ids, pixel_values=pixels, attention_mask=attention_mask, labels=masked).loss
+    torch.testing.assert_close(naive, explicit)
+
+
+@pytest.mark.parametrize("resampler", ["bimamba", "mlp", "perceiver", "qformer"])
+def test_activation_checkpointing_gives_the_same_gradients(resampler):
+    model, _ = build_tiny_checkpoint(resampler_type=resampler, crop_strategy="e2p", hidden_size=32)
+    config = model.config
+    ids, pixels = image_prompt_ids(config, batch=1), random_pixels(config, batch=1)
+    model.train()
+
+    def resampler_grads():
+        model.zero_grad()
+        model(input_ids=ids, pixel_values=pixels, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.model.resampler.named_parameters() if p.grad is not None}
+
+    plain = resampler_grads()
+    model.activation_checkpointing_enable()
+    resampler_layers = [m for m in model.model.resampler.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert bool(resampler_layers) == (resampler != "mlp")  # the MLP has no blocks to checkpoint
+    assert model.model.language_model.layers[0].gradient_checkpointing
+    checkpointed = resampler_grads()
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
 def test_mismatched_image_token_count_names_both_counts(tiny_mlp):
     model, _ = tiny_mlp
     config = model.config
