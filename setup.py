@@ -4,6 +4,10 @@ from pathlib import Path
 
 from setuptools import setup
 
+# Caption metrics: pycocoevalcap ships the PTB tokenizer and METEOR 1.5 jars (they need Java; without it the
+# pure-Python paths are used); nltk and rouge-score compute the PanoLLaVA-compatible "panollava" metrics style.
+METRICS_REQUIRES = ["pycocoevalcap>=1.2", "nltk>=3.9", "rouge-score>=0.1.2"]
+
 
 setup(
     name="panovlm",
@@ -32,6 +36,7 @@ setup(
     extras_require={
         # CUDA machines only: neither builds nor imports without CUDA. Install with --no-build-isolation.
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "dev": ["pytest>=8"],
+        "metrics": METRICS_REQUIRES,
+        "dev": ["pytest>=8", *METRICS_REQUIRES],
     },
 )

@@ -200,6 +200,8 @@ class PanoVLMConfig(PreTrainedConfig):
         vicreg_projector_depth (`int`): layers of that head (0: no head, the loss sees the resampler output).
         initializer_range (`float`): std of the normal initialisation of the resampler, projector and head.
         tie_word_embeddings (`bool`): tie `lm_head` to the input embeddings; taken from `text_config` when unset.
+        use_cache (`bool`): whether `forward` returns the language model's key/value cache when its `use_cache`
+            argument is not given (`transformers.Trainer` sets it to `False` while training).
         training_stage (`str`, *optional*): the PanoVLM training stage that produced these weights (`"vision"`,
             `"resampler"` or `"finetune"`; `None` when not trained with PanoVLM's stages). Metadata for model cards;
             the model does not read it.
@@ -227,6 +229,7 @@ class PanoVLMConfig(PreTrainedConfig):
     vicreg_projector_depth: int = 2
     initializer_range: float | int = 0.02
     tie_word_embeddings: bool = False
+    use_cache: bool = True
     training_stage: Literal["vision", "resampler", "finetune"] | None = None
 
     def __post_init__(self, **kwargs):

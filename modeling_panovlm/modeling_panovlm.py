@@ -30,15 +30,17 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PanoVLMModelOutputWithPast(BaseModelOutputWithPast):
     """`BaseModelOutputWithPast` plus `image_hidden_states`: `(batch, num_image_tokens, text_hidden)` projected and
-    stitched image features, when `pixel_values` was given."""
+    stitched image features, when `pixel_values` was given; and `view_embeddings`: `(batch, views, rows, columns,
+    vicreg_projector_dim)` when only `pixel_values` was given (the vision training stage)."""
 
     image_hidden_states: torch.Tensor | None = None
+    view_embeddings: torch.Tensor | None = None
 
 
 @dataclass
 class PanoVLMCausalLMOutputWithPast(ModelOutput):
     """Language-modelling output: `loss` (when `labels` are given), `logits` `(batch, seq, vocab)`, cache, optional
-    hidden states/attentions, and `image_hidden_states` as in `PanoVLMModelOutputWithPast`."""
+    hidden states/attentions, and `image_hidden_states` / `view_embeddings` as in `PanoVLMModelOutputWithPast`."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -46,6 +48,7 @@ class PanoVLMCausalLMOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: torch.Tensor | None = None
+    view_embeddings: torch.Tensor | None = None
 
 
 class VICRegProjector(nn.Module):
@@ -82,6 +85,13 @@ class PanoVLMPreTrainedModel(PreTrainedModel):
         # Our modules with raw parameters/buffers (Mamba SSM tensors, learned queries, the PE table) say how.
         if hasattr(module, "init_weights_"):
             module.init_weights_(self.config.initializer_range)
+
+    def push_to_hub(self, repo_id: str, *, processor=None, export_remote_code: bool = False, **kwargs):
+        """Push with a PanoVLM model card, optionally with `processor` and the remote-code export in the same commit;
+        see `modeling_panovlm.hub.push_to_hub`."""
+        from .hub import push_to_hub  # here, not at the top: the remote-code export leaves this method out
+
+        return push_to_hub(repo_id, self, processor, export_remote_code=export_remote_code, **kwargs)
 
 
 class PanoVLMModel(PanoVLMPreTrainedModel):
@@ -161,6 +171,11 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
         rows, cols = self.config.view_token_grid
         token_grid_check(tokens.shape[1], (rows, cols))
         return tokens.reshape(batch, views, rows, cols, tokens.shape[-1])
+
+    def get_view_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the vision stage's overlap-consistency loss compares: `vicreg_projector(get_view_features(...))`,
+        `(batch, views, rows, columns, vicreg_projector_dim)` (the positional encoding is not added)."""
+        return self.vicreg_projector(self.get_view_features(pixel_values))
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image tokens of each panorama, ready to replace its placeholders.
@@ -243,12 +258,18 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
 
         Args:
             input_ids: `(batch, seq)` token ids holding `config.num_image_tokens` image tokens per panorama.
-            pixel_values: `(batch, views, 3, view_size, view_size)` from `PanoVLMImageProcessor`.
+            pixel_values: `(batch, views, 3, view_size, view_size)` from `PanoVLMImageProcessor`. Given without
+                any text, only the view embeddings of the vision training stage are computed (`view_embeddings`).
             view_yaw_deg, view_pitch_deg, view_fov_deg: `(batch, views)` view directions from the image
                 processor; when given they are checked against the config's layout.
         """
+        if input_ids is None and inputs_embeds is None and pixel_values is not None:
+            self._check_view_metadata(
+                view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg
+            )
+            return PanoVLMModelOutputWithPast(view_embeddings=self.get_view_embeddings(pixel_values))
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds (or pixel_values alone)")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -267,7 +288,7 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
-            use_cache=use_cache,
+            use_cache=self.config.use_cache if use_cache is None else use_cache,
             **kwargs,
         )
         return PanoVLMModelOutputWithPast(
@@ -336,6 +357,8 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
+        if outputs.view_embeddings is not None:  # pixel_values alone: the vision stage's view embeddings
+            return PanoVLMCausalLMOutputWithPast(view_embeddings=outputs.view_embeddings)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])

@@ -46,7 +46,14 @@ class RowProblem:
     detail: str
 
 
-REASONS = ("image file not found", "not an image", "truncated or corrupt image", "decompression bomb", "not a 2:1 panorama")
+REASONS = (
+    "image file not found",
+    "not an image",
+    "truncated or corrupt image",
+    "decompression bomb",
+    "not a 2:1 panorama",
+    "empty annotation",
+)
 
 
 def load_caption_table(path: str | os.PathLike) -> datasets.Dataset:

@@ -7,9 +7,12 @@ and wrap correctly across the +/-180 degree seam. Directions follow the library 
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -117,6 +120,79 @@ def describe_scene(objects: list[SceneObject]) -> str:
     return "There is " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] + "."
 
 
+def scene_rows(objects: list[SceneObject], image: str) -> list[dict[str, str]]:
+    """QuIC-360-style rows (`url`, `query`, `annotation`) about one scene: for every object a colour query
+    ("red object" -> where it is), for every occupied direction a direction query ("left" -> what is there), and
+    one caption of the whole scene ("panorama")."""
+    rows = []
+    for obj in objects:
+        rows.append({"url": image, "query": f"{obj.colour} object", "annotation": f"The {obj.colour} {obj.shape} is {DIRECTION_PHRASES[obj.direction]}."})
+    for obj in sorted(objects, key=lambda o: list(DIRECTIONS).index(o.direction)):
+        rows.append({"url": image, "query": obj.direction, "annotation": f"A {obj.colour} {obj.shape} is {DIRECTION_PHRASES[obj.direction]}."})
+    rows.append({"url": image, "query": "panorama", "annotation": describe_scene(objects)})
+    return rows
+
+
+def write_synthetic_dataset(
+    output_dir: str | os.PathLike,
+    num: int,
+    seed: int = 0,
+    height: int = 128,
+    test_fraction: float = 0.2,
+    num_objects: int = 4,
+) -> tuple[Path, Path]:
+    """Render `num` random scenes to `<output_dir>/images/` and write `train.csv` and `test.csv` (QuIC-360 columns,
+    relative image paths); the last `test_fraction` of the panoramas are held out in `test.csv`. Returns both
+    paths."""
+    if num < 2 or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"need num >= 2 and 0 < test_fraction < 1, got num={num}, test_fraction={test_fraction}")
+    output_dir = Path(output_dir)
+    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    num_test = max(1, round(num * test_fraction))
+    splits: dict[str, list[dict[str, str]]] = {"train": [], "test": []}
+    for index in range(num):
+        objects = random_scene(rng, num_objects)
+        name = f"images/pano_{index:05d}.png"
+        render_panorama(objects, height=height, seed=seed * 1_000_003 + index).save(output_dir / name)
+        splits["test" if index >= num - num_test else "train"].extend(scene_rows(objects, name))
+    paths = []
+    for split, rows in splits.items():
+        path = output_dir / f"{split}.csv"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["url", "query", "annotation"])
+            writer.writeheader()
+            writer.writerows(rows)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def synthetic_answer_key(query: str, answer: str) -> str | None:
+    """What a synthetic answer must get right: the direction for a colour query ("red object"), the colour for a
+    direction query ("left"); `None` for other queries. The first direction phrase / colour word in `answer`."""
+    if query.endswith(" object"):
+        candidates = {name: answer.find(phrase) for name, phrase in DIRECTION_PHRASES.items()}
+    elif query in DIRECTIONS:
+        candidates = {colour: answer.find(colour) for colour in COLOURS}
+    else:
+        return None
+    found = {name: position for name, position in candidates.items() if position >= 0}
+    return min(found, key=found.get) if found else ""
+
+
+def synthetic_accuracy(queries: list[str], references: list[str], predictions: list[str]) -> tuple[float, int]:
+    """Share of colour/direction questions whose prediction names the reference's direction / colour, and how many
+    such questions there were. Chance is 1 in 4."""
+    scored = [
+        synthetic_answer_key(query, prediction) == key
+        for query, reference, prediction in zip(queries, references, predictions)
+        if (key := synthetic_answer_key(query, reference)) is not None
+    ]
+    if not scored:
+        raise ValueError("no colour or direction questions to score")
+    return sum(scored) / len(scored), len(scored)
+
+
 __all__ = [
     "COLOURS",
     "DIRECTIONS",
@@ -127,4 +203,8 @@ __all__ = [
     "direction_of",
     "random_scene",
     "render_panorama",
+    "scene_rows",
+    "synthetic_accuracy",
+    "synthetic_answer_key",
+    "write_synthetic_dataset",
 ]

@@ -1,0 +1,418 @@
+"""Caption generation for evaluation: one generation per unique (panorama, query), features computed once.
+
+QuIC-360 test has 6,246 rows but only 1,211 distinct (image, query) pairs, and about three queries per panorama.
+`generate_captions` therefore generates once per group of rows sharing an image and a query, and runs the vision
+tower once per panorama: its image features are kept while its groups are generated and scattered into the
+placeholder positions of each prompt (`inputs_embeds`), which gives the same greedy tokens as
+`model.generate(**processor(images, prompts))`. Groups are generated in left-padded batches.
+
+`evaluate_caption_table` runs the whole evaluation of a QuIC-360-style table and writes `predictions.csv`,
+`metrics.json` and `report.md`; `write_evaluation_outputs` is also used to score an existing predictions file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+
+from processing_panovlm.caption_data import RowProblem, build_messages, load_caption_table, scan_images
+from processing_panovlm.caption_metrics import PredictionRow, score_predictions, scores_to_dict, write_predictions
+from processing_panovlm.image_loading import PanoramaImageError
+
+from .modeling_panovlm import PanoVLMForConditionalGeneration
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 128
+GENERATION_KEYS = (
+    "do_sample",
+    "num_beams",
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+)
+
+
+@dataclass
+class CaptionGroup:
+    """Rows of a table that share one panorama and one query, hence one generation. `rows` are indices into the
+    table and `references` their annotations; `image` is the resolved path."""
+
+    image: str
+    url: str
+    query: str
+    prompt_style: str
+    rows: list[int] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+
+
+def load_model_and_processor(
+    model_name_or_path: str | os.PathLike,
+    adapter: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[PanoVLMForConditionalGeneration, object]:
+    """Load a PanoVLM checkpoint (directory or Hub id) and its processor; with `adapter`, apply a PEFT adapter and
+    merge it. The model is put in eval mode on `device` (CUDA when available by default)."""
+    model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype="auto")
+    processor = AutoProcessor.from_pretrained(model_name_or_path)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
+
+
+def greedy_generation_config(
+    model: PanoVLMForConditionalGeneration, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **overrides
+) -> GenerationConfig:
+    """The model's generation config made deterministic: greedy, one beam, `max_new_tokens`; sampling settings
+    (`do_sample=True, temperature=..., top_p=...`) can be passed as `overrides`. Checkpoints such as Qwen3 ship
+    sampling defaults, which would make scores irreproducible if left on."""
+    config = copy.deepcopy(model.generation_config)
+    settings = {
+        "do_sample": False,
+        "num_beams": 1,
+        "max_new_tokens": max_new_tokens,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
+    settings.update(overrides)
+    config.update(**settings)
+    config.validate()
+    return config
+
+
+def generation_settings(config: GenerationConfig, seed: int | None = None) -> dict:
+    """The settings that decide what `generate` produces, for metrics.json."""
+    settings = {key: getattr(config, key, None) for key in GENERATION_KEYS}
+    settings["decoding"] = "sampling" if config.do_sample else ("beam search" if config.num_beams > 1 else "greedy")
+    settings["seed"] = seed
+    return settings
+
+
+def group_rows(table: datasets.Dataset) -> list[CaptionGroup]:
+    """Groups of rows sharing (image, query, prompt style), ordered by panorama (first appearance), then by query,
+    so that each panorama's groups are generated one after the other."""
+    groups: dict[tuple[str, str, str], CaptionGroup] = {}
+    image_order: dict[str, int] = {}
+    columns = zip(table["image"], table["url"], table["query"], table["prompt_style"], table["annotation"])
+    for index, (image, url, query, style, annotation) in enumerate(columns):
+        image_order.setdefault(image, len(image_order))
+        group = groups.setdefault((image, query, style), CaptionGroup(image, url, query, style))
+        group.rows.append(index)
+        group.references.append(annotation)
+    return sorted(groups.values(), key=lambda group: image_order[group.image])
+
+
+def _expanded_prompt(processor, group: CaptionGroup) -> str:
+    prompt = processor.apply_chat_template(build_messages(group.query, group.prompt_style), add_generation_prompt=True)
+    # What the processor does when it is given the image: one placeholder per image token.
+    return prompt.replace(processor.image_token, processor.image_token * processor.num_image_tokens)
+
+
+@torch.no_grad()
+def _encode_images(model, processor, images: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Image features `(num_image_tokens, hidden)` per loadable image, and the error of each other image."""
+    pixel_values, errors, loaded = [], {}, []
+    for image in images:
+        if image.startswith(("http://", "https://")):
+            errors[image] = (
+                "remote images are not fetched during evaluation: download them and point `url` at the files"
+            )
+            continue
+        try:
+            inputs = processor.image_processor(image, return_tensors="pt")
+        except (PanoramaImageError, OSError) as error:
+            errors[image] = str(error)
+            continue
+        # The views must be the ones config.json lays out; the plain generate path checks the same.
+        model.model._check_view_metadata(
+            **{key: inputs[key] for key in ("view_yaw_deg", "view_pitch_deg", "view_fov_deg")}
+        )
+        pixel_values.append(inputs["pixel_values"])
+        loaded.append(image)
+    if not loaded:
+        return {}, errors
+    stacked = torch.cat(pixel_values).to(model.device, model.dtype)
+    features = model.get_image_features(stacked)
+    return dict(zip(loaded, features)), errors
+
+
+@torch.no_grad()
+def generate_from_features(
+    model: PanoVLMForConditionalGeneration,
+    processor,
+    prompts: list[str],
+    image_features: torch.Tensor,
+    generation_config: GenerationConfig,
+) -> list[str]:
+    """Captions for prompts whose panoramas are already encoded.
+
+    Args:
+        prompts: chat-templated prompts, each with its image placeholder already expanded to
+            `processor.num_image_tokens` tokens.
+        image_features: `(len(prompts), num_image_tokens, text_hidden)` from `model.get_image_features`.
+        generation_config: decoding settings.
+
+    Returns:
+        The decoded new text of each prompt, stripped; with greedy decoding the same tokens as
+        `model.generate(**processor(images, prompts, padding=True))` for the same batch.
+    """
+    text = processor.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(model.device)
+    embeddings = model.get_input_embeddings()(text["input_ids"])
+    image_features = image_features.to(embeddings.device, embeddings.dtype)
+    mask = model.model.get_placeholder_mask(text["input_ids"], embeddings, image_features)
+    embeddings = embeddings.masked_scatter(mask, image_features)
+    # Given only inputs_embeds, generate returns just the new tokens.
+    output = model.generate(
+        inputs_embeds=embeddings, attention_mask=text["attention_mask"], generation_config=generation_config
+    )
+    return [caption.strip() for caption in processor.batch_decode(output, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def generate_captions(
+    model: PanoVLMForConditionalGeneration,
+    processor,
+    groups: Sequence[CaptionGroup],
+    batch_size: int = 8,
+    generation_config: GenerationConfig | None = None,
+    show_progress: bool = True,
+    log_interval: int | None = None,
+) -> tuple[list[str | None], dict[int, str], dict]:
+    """Generate one caption per group.
+
+    Args:
+        model, processor: a PanoVLM and its processor.
+        groups: from `group_rows`; a panorama's groups should be consecutive so its features are freed early.
+        batch_size: groups per `generate` call (prompts left-padded).
+        generation_config: `greedy_generation_config(model)` by default.
+        show_progress: draw a tqdm progress bar.
+        log_interval: log every `log_interval`-th caption (INFO) when set.
+
+    Returns:
+        `(captions, failures, stats)`: `captions[i]` for `groups[i]` (None when its panorama could not be read),
+        `failures[i]` the reason, and `stats` with `generations`, `images_encoded`, `seconds`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    config = generation_config or greedy_generation_config(model)
+    remaining = Counter(group.image for group in groups)
+    features: dict[str, torch.Tensor] = {}
+    image_errors: dict[str, str] = {}
+    captions: list[str | None] = [None] * len(groups)
+    failures: dict[int, str] = {}
+    encoded = 0
+    start = time.perf_counter()
+    progress = tqdm(total=len(groups), unit="caption", desc="generating", disable=not show_progress)
+    for first in range(0, len(groups), batch_size):
+        indices = list(range(first, min(first + batch_size, len(groups))))
+        known = features.keys() | image_errors.keys()
+        new_images = list(dict.fromkeys(groups[i].image for i in indices if groups[i].image not in known))
+        new_features, new_errors = _encode_images(model, processor, new_images)
+        features.update(new_features)
+        image_errors.update(new_errors)
+        encoded += len(new_features)
+        ready = [i for i in indices if groups[i].image in features]
+        for i in indices:
+            if groups[i].image in image_errors:
+                failures[i] = image_errors[groups[i].image]
+        if ready:
+            prompts = [_expanded_prompt(processor, groups[i]) for i in ready]
+            image_features = torch.stack([features[groups[i].image] for i in ready])
+            for i, caption in zip(ready, generate_from_features(model, processor, prompts, image_features, config)):
+                captions[i] = caption
+                if log_interval and (i + 1) % log_interval == 0:
+                    group = groups[i]
+                    logger.info(
+                        "[%d/%d] %s | %s\n  prediction: %s\n  reference:  %s",
+                        *(i + 1, len(groups), group.url, group.query, caption, group.references[0]),
+                    )
+        for i in indices:
+            remaining[groups[i].image] -= 1
+            if remaining[groups[i].image] == 0:
+                features.pop(groups[i].image, None)
+        progress.update(len(indices))
+    progress.close()
+    stats = {
+        "generations": len(groups) - len(failures),
+        "images_encoded": encoded,
+        "seconds": time.perf_counter() - start,
+    }
+    return captions, failures, stats
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for package in ("panovlm", "torch", "transformers", "pycocoevalcap", "nltk", "rouge-score"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def write_evaluation_outputs(
+    output_dir: str | os.PathLike,
+    rows: Sequence[PredictionRow],
+    protocols: Sequence[str] | None = None,
+    metrics_style: str = "coco",
+    problems: Sequence[RowProblem] = (),
+    data: dict | None = None,
+    generation: dict | None = None,
+) -> dict:
+    """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
+    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record.
+    Returns the metrics.json content."""
+    results, tokenizer = score_predictions(rows, protocols, metrics_style)
+    reasons = Counter(problem.reason for problem in problems)
+    summary = {
+        "metrics_style": metrics_style,
+        "tokenizer": tokenizer,
+        "protocols": {name: scores_to_dict(scores) for name, scores in results.items()},
+        "data": {
+            **(data or {}),
+            "rows_scored": len(rows),
+            "rows_dropped": len(problems),
+            "dropped_by_reason": dict(reasons),
+            "dropped_rows": [asdict(problem) for problem in problems],
+        },
+        "generation": generation,
+        "versions": _versions(),
+    }
+    output_dir = Path(output_dir)
+    _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write_atomically(output_dir / "report.md", render_report(summary))
+    return summary
+
+
+def render_report(summary: dict) -> str:
+    """A short Markdown report of a metrics.json summary: one column per protocol, then the caveats."""
+    protocols = summary["protocols"]
+    names = list(next(iter(protocols.values()))["scores"])
+    lines = [
+        "# PanoVLM caption evaluation",
+        "",
+        f"Metrics style: {summary['metrics_style']}; tokenizer: {summary['tokenizer']}.",
+        "",
+        "| metric | " + " | ".join(f"{name} ({scores['units']} units)" for name, scores in protocols.items()) + " |",
+        "|---|" + "---|" * len(protocols),
+    ]
+    for metric in names:
+        values = [scores["scores"][metric] for scores in protocols.values()]
+        lines.append(f"| {metric} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in values) + " |")
+    unavailable = {metric: reason for scores in protocols.values() for metric, reason in scores["unavailable"].items()}
+    lines += [""] + [f"- {metric} not computed: {reason}" for metric, reason in unavailable.items()]
+    data = summary["data"]
+    dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
+    lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")
+    generation = summary["generation"]
+    if generation:
+        settings = generation["settings"]
+        lines.append(
+            f"- Generations: {generation['generations']} for {generation['images_encoded']} panoramas "
+            f"({settings['decoding']}, max_new_tokens {settings['max_new_tokens']}, {generation['seconds']:.1f} s)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_caption_table(
+    model: PanoVLMForConditionalGeneration,
+    processor,
+    table_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    protocols: Sequence[str] | None = None,
+    metrics_style: str = "coco",
+    max_samples: int | None = None,
+    batch_size: int = 8,
+    generation_config: GenerationConfig | None = None,
+    seed: int | None = None,
+    show_progress: bool = True,
+    log_interval: int | None = None,
+    model_name: str | None = None,
+) -> dict:
+    """Evaluate `model` on a QuIC-360-style table and write `predictions.csv` (one row per reference),
+    `metrics.json` and `report.md` into `output_dir`.
+
+    Rows whose panorama cannot be used, or whose query is empty, are dropped and reported with their reason. One
+    caption is generated per (image, query) group; `max_samples` keeps the first N groups with all their rows.
+    `protocols` defaults to both for the `coco` style and per-row for `panollava`. `seed` seeds sampling (it is
+    recorded; greedy decoding does not need it). Returns the metrics.json content.
+    """
+    table = load_caption_table(table_path)
+    kept, problems = scan_images(table)
+    problems = list(problems)
+    blank = {i for i, query in enumerate(kept["query"]) if not query.strip()}
+    if blank:
+        problems += [
+            RowProblem(kept[i]["row"], kept[i]["url"], "empty query", "the query is empty") for i in sorted(blank)
+        ]
+        kept = kept.select([i for i in range(len(kept)) if i not in blank])
+    groups = group_rows(kept)[:max_samples]
+    config = generation_config or greedy_generation_config(model)
+    if seed is not None:
+        torch.manual_seed(seed)
+    captions, failures, stats = generate_captions(
+        model, processor, groups, batch_size, config, show_progress, log_interval
+    )
+    row_numbers, urls, queries, annotations = (kept[name] for name in ("row", "url", "query", "annotation"))
+    caption_of_row: dict[int, str] = {}
+    for index, group in enumerate(groups):
+        for row in group.rows:
+            if index in failures:
+                problems.append(RowProblem(row_numbers[row], urls[row], "unreadable image", failures[index]))
+            else:
+                caption_of_row[row] = captions[index]
+    if not caption_of_row:
+        raise ValueError(f"no row of {table_path} could be evaluated ({len(problems)} dropped; see the reasons logged)")
+    rows = [PredictionRow(urls[r], queries[r], caption_of_row[r], annotations[r]) for r in sorted(caption_of_row)]
+    write_predictions(Path(output_dir) / "predictions.csv", rows)
+    data = {
+        "source": str(table_path),
+        "rows_read": len(table),
+        "rows_skipped_by_max_samples": len(kept) - sum(len(group.rows) for group in groups),
+    }
+    generation = {"model": model_name, "batch_size": batch_size, **stats, "settings": generation_settings(config, seed)}
+    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation)
+
+
+__all__ = [
+    "CaptionGroup",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "evaluate_caption_table",
+    "generate_captions",
+    "generate_from_features",
+    "generation_settings",
+    "greedy_generation_config",
+    "group_rows",
+    "load_model_and_processor",
+    "render_report",
+    "write_evaluation_outputs",
+]

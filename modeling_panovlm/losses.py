@@ -1,0 +1,92 @@
+"""Self-supervised overlap consistency for the vision stage (VICReg between neighbouring views).
+
+Neighbouring strip views of a panorama see the same directions in their shared columns: the right `k` token
+columns of view `v` and the left `k` columns of view `v + 1` (wrapping from the last view to the first). The loss
+asks those two strips to agree (invariance) without collapsing (variance and covariance terms of VICReg), for
+every pair separately ("pairwise", as PanoLLaVA computed it). The global view of `anyres_e2p` is never paired.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from configuration_panovlm.view_layout import ViewLayout
+
+
+@dataclass(frozen=True)
+class VICRegWeights:
+    """Weights of the three VICReg terms (PanoLLaVA: 25 / 25 / 1) and the variance target `gamma`."""
+
+    invariance: float = 25.0
+    variance: float = 25.0
+    covariance: float = 1.0
+    gamma: float = 1.0
+
+
+def overlap_pairs(
+    view_embeddings: torch.Tensor, layout: ViewLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sides of every overlapping pair of strip views.
+
+    Args:
+        view_embeddings: `(batch, views, rows, columns, dim)`, views in `layout` order.
+        layout: the view layout the embeddings were computed for.
+
+    Returns:
+        `(left, right)`, each `(batch * strip_views, rows * k, dim)`: the right `k` columns of view `v` and the left
+        `k` columns of its right neighbour, `k = layout.overlap_columns(columns)`.
+    """
+    strip = view_embeddings[:, 1:] if layout.has_global_view else view_embeddings
+    num_strip, cols = strip.shape[1], strip.shape[3]
+    k = layout.overlap_columns(cols)
+    if num_strip < 2 or k == 0:
+        raise ValueError(
+            f"crop_strategy={layout.crop_strategy!r} gives {num_strip} strip view(s) sharing {k} token columns: there "
+            "is no overlap to make consistent; the vision stage needs overlapping views (e2p, anyres_e2p, "
+            "sliding_window with overlap_ratio > 0)"
+        )
+    left = strip[:, :, :, cols - k :]  # right edge of each view
+    right = strip.roll(-1, dims=1)[:, :, :, :k]  # left edge of its right neighbour (the last pairs with the first)
+    dim = strip.shape[-1]
+    return left.reshape(-1, left.shape[2] * k, dim), right.reshape(-1, right.shape[2] * k, dim)
+
+
+def _variance_term(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Mean over features of relu(gamma - std), std over each pair's tokens; `x`: `(pairs, tokens, dim)`."""
+    std = torch.sqrt(x.var(dim=1, unbiased=False) + 1e-4)
+    return F.relu(gamma - std).mean(dim=-1)
+
+
+def _covariance_term(x: torch.Tensor) -> torch.Tensor:
+    """Sum of squared off-diagonal covariances divided by `dim`, per pair; `x`: `(pairs, tokens, dim)`."""
+    tokens, dim = x.shape[1], x.shape[2]
+    centred = x - x.mean(dim=1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred / max(tokens - 1, 1)  # (pairs, dim, dim)
+    off_diagonal = cov.pow(2).sum(dim=(1, 2)) - torch.diagonal(cov, dim1=1, dim2=2).pow(2).sum(dim=-1)
+    return off_diagonal / dim
+
+
+def overlap_vicreg_loss(
+    view_embeddings: torch.Tensor, layout: ViewLayout, weights: VICRegWeights = VICRegWeights()
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """VICReg between the overlapping columns of neighbouring views, computed per pair and averaged.
+
+    Per pair with strips `X`, `Y` of `L = rows * k` tokens: `inv = mean((X - Y)^2)`,
+    `var = (v(X) + v(Y)) / 2` with `v = mean_d relu(gamma - sqrt(Var_L + 1e-4))`,
+    `cov = (c(X) + c(Y)) / 2` with `c = sum_{i != j} Cov_L[i, j]^2 / dim`; loss = weighted sum, mean over pairs.
+    Computed in float32.
+
+    Returns:
+        `(loss, terms)` where `terms` holds the unweighted `invariance`, `variance` and `covariance` means.
+    """
+    left, right = overlap_pairs(view_embeddings.float(), layout)
+    invariance = (left - right).pow(2).mean(dim=(1, 2))
+    variance = 0.5 * (_variance_term(left, weights.gamma) + _variance_term(right, weights.gamma))
+    covariance = 0.5 * (_covariance_term(left) + _covariance_term(right))
+    per_pair = weights.invariance * invariance + weights.variance * variance + weights.covariance * covariance
+    terms = {"invariance": invariance.mean(), "variance": variance.mean(), "covariance": covariance.mean()}
+    return per_pair.mean(), terms
+
+
+__all__ = ["VICRegWeights", "overlap_pairs", "overlap_vicreg_loss"]

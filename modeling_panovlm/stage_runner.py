@@ -1,0 +1,249 @@
+"""Run one training stage, or all three in order, from options a CLI or a YAML file provides.
+
+Every stage starts from a directory (or Hub id) that the Auto classes load, and writes one: full model + processor
+for `vision` and `resampler`, a standard PEFT adapter + processor for `finetune` (its `base_model_name_or_path` is
+the previous stage's output). Each Trainer checkpoint is complete as well. Next to the weights a stage writes, for
+people: `<split>_data_report.json` (rows dropped and why), `trainer_state.json` and `training_curves.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+import yaml
+from peft import get_peft_model
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
+
+from processing_panovlm.augmentation import PanoramaAugmentation
+from processing_panovlm.caption_data import (
+    DEFAULT_SYSTEM_PROMPT,
+    DEFAULT_USER_TEMPLATE,
+    REASONS,
+    RowProblem,
+    load_caption_table,
+    scan_images,
+    write_data_report,
+)
+from processing_panovlm.collator import PanoVLMDataCollator
+
+from .lora import DEFAULT_LORA_MODULES, lm_lora_config
+from .losses import VICRegWeights
+from .training import STAGES, PanoVLMStageCallback, PanoVLMTrainer
+from .training_plots import plot_training_curves
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageOptions:
+    """Everything one stage needs. Field names double as CLI flags (`--max-steps`) and YAML keys (`max_steps`).
+
+    `trainer_args` passes any further `TrainingArguments` field through (e.g. `{"fsdp": "full_shard"}`); DeepSpeed
+    is `deepspeed: path/to/ds_config.json`.
+    """
+
+    stage: str
+    model: str
+    train_csv: str
+    output_dir: str
+    eval_csv: str | None = None
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    learning_rate: float = 1e-4
+    module_learning_rates: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 4
+    eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.05
+    warmup_steps: float = 0.1  # < 1: a fraction of the total steps (PanoLLaVA warmed up over 10 %)
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    eval_steps: int | None = None
+    resume_from_checkpoint: str | None = None
+    # vision stage
+    vision_trainable_blocks: int = 0
+    vicreg_invariance: float = 25.0
+    vicreg_variance: float = 25.0
+    vicreg_covariance: float = 1.0
+    # finetune stage
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.1
+    lora_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_MODULES))
+    lora_modules_to_save: list[str] = field(default_factory=lambda: ["resampler", "multi_modal_projector"])
+    # data
+    augment: bool = True
+    yaw_roll_probability: float = 0.5
+    max_roll_fraction: float = 0.3
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.1
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    user_template: str = DEFAULT_USER_TEMPLATE
+    max_length: int | None = None
+    dataloader_num_workers: int = 0
+    # runtime
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    deepspeed: str | None = None
+    report_to: str = "none"
+    trainer_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {list(STAGES)}, got {self.stage!r}")
+
+
+def prepare_table(csv: str, output_dir: Path, split: str, needs_text: bool, augment: bool) -> datasets.Dataset:
+    """Read a caption table, drop (and report) unusable rows, and mark whether its rows may be augmented."""
+    table = load_caption_table(csv)
+    total = len(table)
+    problems: list[RowProblem] = []
+    if needs_text:
+        empty = [(r, u) for r, u, a in zip(table["row"], table["url"], table["annotation"]) if not a.strip()]
+        problems += [RowProblem(row, url, REASONS[5], "no caption to learn from") for row, url in empty]
+        table = table.filter(lambda text: [bool(t.strip()) for t in text], input_columns="annotation", batched=True)
+    table, image_problems = scan_images(table)
+    problems = sorted(problems + image_problems, key=lambda problem: problem.row)
+    report = write_data_report(output_dir, split, total, problems)
+    if len(table) == 0:
+        raise ValueError(f"{csv}: no usable rows left (see {report})")
+    logger.info("%s: %d of %d rows usable (report: %s)", split, len(table), total, report)
+    return table.add_column("augment", [augment] * len(table))
+
+
+def run_stage(options: StageOptions) -> Path:
+    """Train one stage and write its output directory; returns it."""
+    spec = STAGES[options.stage]
+    output_dir = Path(options.output_dir)
+    processor = AutoProcessor.from_pretrained(options.model)
+    model = AutoModelForImageTextToText.from_pretrained(options.model)
+    needs_text = spec.loss == "lm"
+    train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment)
+    evaluation = prepare_table(options.eval_csv, output_dir, "eval", needs_text, False) if options.eval_csv else None
+    if spec.lora:
+        lora = lm_lora_config(
+            options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
+        )
+        model = get_peft_model(model, lora)
+
+    augmentation = None
+    if options.augment:
+        augmentation = PanoramaAugmentation(
+            options.yaw_roll_probability,
+            options.max_roll_fraction,
+            options.brightness,
+            options.contrast,
+            options.saturation,
+            options.hue,
+            seed=options.seed,
+        )
+    collator = PanoVLMDataCollator(
+        processor,
+        views_only=not needs_text,
+        system_prompt=options.system_prompt,
+        user_template=options.user_template,
+        augmentation=augmentation,
+        max_length=options.max_length,
+    )
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=options.max_steps,
+        num_train_epochs=options.num_train_epochs,
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.eval_batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_steps,
+        max_grad_norm=options.max_grad_norm,
+        seed=options.seed,
+        logging_steps=options.logging_steps,
+        save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit,
+        eval_strategy="steps" if evaluation is not None else "no",
+        eval_steps=options.eval_steps or options.logging_steps,
+        remove_unused_columns=False,  # the collator needs the raw table columns
+        label_names=[] if spec.loss == "overlap_vicreg" else ["labels"],
+        activation_checkpointing=options.gradient_checkpointing,
+        bf16=options.bf16,
+        deepspeed=options.deepspeed,
+        dataloader_num_workers=options.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+        report_to=options.report_to,
+        **options.trainer_args,
+    )
+    trainer = PanoVLMTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        callbacks=[PanoVLMStageCallback(spec, options.vision_trainable_blocks, collator)],
+        stage=spec,
+        vicreg_weights=VICRegWeights(options.vicreg_invariance, options.vicreg_variance, options.vicreg_covariance),
+        module_learning_rates=options.module_learning_rates,
+    )
+    trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
+    _check_ranks_in_sync(trainer)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
+    return output_dir
+
+
+def _check_ranks_in_sync(trainer: PanoVLMTrainer) -> None:
+    """Under distributed training, verify that every rank ends with the same trainable weights."""
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        return
+    fingerprint = torch.stack(
+        [p.detach().double().sum() for p in trainer.model.parameters() if p.requires_grad]
+    ).to(accelerator.device)
+    gathered = accelerator.gather(fingerprint[None])
+    if not torch.equal(gathered.min(0).values, gathered.max(0).values):
+        raise RuntimeError(f"trainable weights differ across the {accelerator.num_processes} ranks")
+    logger.info("trainable weights identical on all %d ranks", accelerator.num_processes)
+
+
+def stage_options_from_yaml(path: str | Path, overrides: dict | None = None) -> list[StageOptions]:
+    """The stages of a YAML run file, in order, each starting from the previous stage's output.
+
+    Top-level keys are `StageOptions` fields shared by all stages (`model` is where the first stage starts,
+    `output_dir` the run directory); `stages` lists per-stage overrides, each with at least `stage`. A stage's
+    output goes to `<output_dir>/<stage>` unless it sets `output_dir`. `overrides` (e.g. from the command line)
+    replace top-level keys.
+    """
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    stages = config.pop("stages", None)
+    if not stages:
+        raise ValueError(f"{path}: no `stages` list")
+    config.update(overrides or {})
+    known = {f.name for f in dataclasses.fields(StageOptions)}
+    options, model = [], config.get("model")
+    for index, stage in enumerate(stages):
+        merged = {**config, **stage}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"{path}: stage {index} has unknown keys {unknown}")
+        merged["model"] = model
+        merged["output_dir"] = stage.get("output_dir", str(Path(config["output_dir"]) / stage["stage"]))
+        options.append(StageOptions(**merged))
+        model = merged["output_dir"]
+    return options
+
+
+__all__ = ["StageOptions", "prepare_table", "run_stage", "stage_options_from_yaml"]

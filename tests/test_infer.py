@@ -1,0 +1,108 @@
+"""Inference: the CLI (plain and streaming), the view picture, footprint geometry, and the README snippet."""
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configuration_panovlm.view_layout import ViewSpec
+from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from processing_panovlm.image_processing_panovlm import PanoVLMImageProcessor
+from processing_panovlm.synthetic_panoramas import SceneObject, render_panorama
+from processing_panovlm.view_visualization import (
+    VIEW_COLOURS,
+    draw_view_footprints,
+    render_view_overview,
+    view_footprint,
+)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+W, H = 400, 200
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A saved tiny checkpoint named like the README's, next to a panorama.jpg."""
+    root = tmp_path_factory.mktemp("infer")
+    build_tiny_checkpoint(root / "tiny-panovlm")
+    render_panorama([SceneObject("red", "circle", 0.0), SceneObject("blue", "square", 180.0)], height=64).save(
+        root / "pano.jpg"
+    )
+    return root
+
+
+def test_infer_cli_streams_the_same_answer_and_saves_the_views(checkpoint):
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "infer.py"),
+        "--model",
+        str(checkpoint / "tiny-panovlm"),
+        "--image",
+        str(checkpoint / "pano.jpg"),
+        "--prompt",
+        "What is behind the camera?",
+        "--max-new-tokens",
+        "6",
+    ]
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    streamed = subprocess.run(
+        command + ["--stream", "--show-views", str(checkpoint / "views.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert plain.returncode == 0 and streamed.returncode == 0, plain.stderr[-2000:] + streamed.stderr[-2000:]
+    answer = plain.stdout.strip()
+    assert answer and streamed.stdout.strip().endswith(answer)
+    assert Image.open(checkpoint / "views.png").width == 1024
+
+
+def test_footprint_of_a_front_view_is_where_the_sampler_looks():
+    front = ViewSpec("perspective", yaw_deg=0.0, pitch_deg=0.0, hfov_deg=90.0, vfov_deg=90.0)
+    (line,) = view_footprint(front, 17, W, H)  # odd: a border pixel sits exactly on the top middle
+    # Edge pixel centres sit on the nominal fov: +/-45 degrees = +/-W/8 around the centre column W/2 - 0.5.
+    assert line[:, 0].min() == pytest.approx(W / 2 - 0.5 - W / 8) and line[:, 0].max() == pytest.approx(
+        W / 2 - 0.5 + W / 8
+    )
+    assert line[:, 1].min() == pytest.approx(H / 4 - 0.5) and line[:, 1].max() == pytest.approx(3 * H / 4 - 0.5)
+    assert np.allclose(line[0], line[-1])  # closed
+
+
+def test_footprint_is_cut_at_the_seam_and_loops_around_a_pole():
+    behind = ViewSpec("perspective", yaw_deg=180.0, pitch_deg=0.0, hfov_deg=90.0, vfov_deg=90.0)
+    lines = view_footprint(behind, 16, W, H)
+    assert len(lines) >= 2
+    points = np.concatenate(lines)
+    assert points[:, 0].min() == -0.5 and points[:, 0].max() == W - 0.5  # reaches both seam edges, never wraps across
+    for line in lines:
+        assert np.abs(np.diff(line[:, 0])).max() < W / 4
+    up = ViewSpec("perspective", yaw_deg=30.0, pitch_deg=90.0, hfov_deg=90.0, vfov_deg=90.0)
+    points = np.concatenate(view_footprint(up, 16, W, H))
+    assert points[:, 0].min() == -0.5 and points[:, 0].max() == W - 0.5
+    assert points[:, 1].max() < H / 2 * (1 - math.atan(math.sqrt(0.5)) / (math.pi / 2)) + 1  # stays above ~35 deg
+
+
+def test_overview_draws_each_footprint_in_its_colour():
+    panorama = Image.new("RGB", (W, H), (0, 0, 0))
+    front = ViewSpec("perspective", yaw_deg=0.0, pitch_deg=0.0, hfov_deg=90.0, vfov_deg=90.0)
+    drawn = np.asarray(draw_view_footprints(panorama, (front,), 16, line_width=1))
+    assert tuple(drawn[H // 2, round(W / 2 - 0.5 - W / 8)]) == VIEW_COLOURS[0]  # the left edge, on the horizon
+    assert tuple(drawn[H // 2, W // 2]) == (0, 0, 0)
+    processor = PanoVLMImageProcessor(crop_strategy="cubemap", image_size=32, fov_deg=90.0, overlap_ratio=0.0)
+    overview = render_view_overview(render_panorama([], height=64), processor, display_width=512, columns=2)
+    assert overview.width == 512 and overview.height > 256 + 2 * 200
+
+
+def test_readme_streaming_snippet_runs(checkpoint, monkeypatch, capsys):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Evaluation and inference", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    monkeypatch.chdir(checkpoint)
+    exec(compile(snippet, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip()
