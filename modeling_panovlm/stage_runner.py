@@ -182,7 +182,9 @@ def run_stage(options: StageOptions) -> Path:
         dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         report_to=options.report_to,
-        **options.trainer_args,
+        # Without an accelerator, accelerate only sets up data parallelism over CPU processes (gloo) when told to use
+        # the CPU; otherwise each rank of `torchrun` / `accelerate launch --multi_gpu` trains alone on all the data.
+        **{"use_cpu": not torch.accelerator.is_available(), **options.trainer_args},
     )
     trainer = PanoVLMTrainer(
         model=model,
@@ -228,19 +230,28 @@ def stage_options_from_yaml(path: str | Path, overrides: dict | None = None) -> 
     replace top-level keys.
     """
     config = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of options with a `stages` list")
     stages = config.pop("stages", None)
-    if not stages:
+    if not stages or not isinstance(stages, list):
         raise ValueError(f"{path}: no `stages` list")
     config.update(overrides or {})
     known = {f.name for f in dataclasses.fields(StageOptions)}
     options, model = [], config.get("model")
     for index, stage in enumerate(stages):
+        # Checked here so that a malformed file names the stage and key, not a KeyError/TypeError from below.
+        if not isinstance(stage, dict) or "stage" not in stage:
+            raise ValueError(f"{path}: stage {index} must be a mapping with at least a `stage` key, got {stage!r}")
         merged = {**config, **stage}
         unknown = sorted(set(merged) - known)
         if unknown:
             raise ValueError(f"{path}: stage {index} has unknown keys {unknown}")
         merged["model"] = model
-        merged["output_dir"] = stage.get("output_dir", str(Path(config["output_dir"]) / stage["stage"]))
+        if "output_dir" not in stage and config.get("output_dir"):
+            merged["output_dir"] = str(Path(config["output_dir"]) / stage["stage"])
+        missing = [key for key in ("model", "train_csv", "output_dir") if not merged.get(key)]
+        if missing:
+            raise ValueError(f"{path}: stage {index} ({stage['stage']}) has no value for {missing}")
         options.append(StageOptions(**merged))
         model = merged["output_dir"]
     return options

@@ -171,9 +171,20 @@ class PanoVLMTrainer(Trainer):
         # Through the (possibly DDP-wrapped) model's forward, so distributed gradient hooks see the computation.
         outputs = model(**{k: v for k, v in inputs.items() if k == "pixel_values" or k.startswith("view_")})
         loss, terms = overlap_vicreg_loss(outputs.view_embeddings, base_model(model).config.view_layout, self.vicreg_weights)
-        for name, value in terms.items():
-            self._vicreg_terms[name].append(value.item())
+        if model.training:  # evaluation batches must not leak into the logged training terms
+            for name, value in terms.items():
+                self._vicreg_terms[name].append(value.item())
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self.stage.loss != "overlap_vicreg":
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        # The vision stage has no labels, so `Trainer` would compute no loss and only collect the view embeddings
+        # (no `eval_loss` at all): evaluate the overlap VICReg loss instead; there are no predictions to keep.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._vicreg_terms and "loss" in logs:
