@@ -38,5 +38,8 @@ setup(
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         "metrics": METRICS_REQUIRES,
         "dev": ["pytest>=8", *METRICS_REQUIRES],
+        # Baselines of benchmarks/ (see benchmarks/README.md). Install into a separate venv: OpenCV switches
+        # py360convert's backend, which would change what the test suite compares against.
+        "bench": ["pyequilib>=0.6", "opencv-python-headless", "mambapy>=1.2"],
     },
 )
