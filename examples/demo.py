@@ -1,78 +1,138 @@
-"""PanoVLM end to end on CPU, offline: build a tiny checkpoint, load it through the Auto classes, turn a synthetic
-panorama into views, generate, and check that a save/load round trip reproduces the model exactly.
+"""PanoVLM end to end on CPU, offline: a tiny random model learns to answer questions about synthetic panoramas.
 
-    python examples/demo.py [--output-dir out/demo] [--resampler bimamba] [--crop-strategy anyres_e2p]
+    python examples/demo.py [--output-dir out/demo] [--resampler mlp] [--quick]
 
-The tiny model is randomly initialised, so its answer is noise; the point is the data flow and the figures.
+1. builds a tiny randomly initialised checkpoint and checks that save -> load reproduces it bit for bit;
+2. writes a synthetic panorama dataset (coloured shapes at known directions, some across the +/-180 degree seam);
+3. measures held-out accuracy: "where is the red object?" -> direction, "what is on the left?" -> colour (chance 25%);
+4. trains the three stages with `transformers.Trainer`, each starting from the previous stage's output:
+   vision (overlap consistency between neighbouring views), resampler (LM frozen), finetune (LoRA via PEFT);
+5. measures the same accuracy again, loading the finetune adapter with `AutoModelForImageTextToText`.
+
+Figures are printed and written to `<output-dir>/demo_results.json`; each stage directory holds its
+`training_curves.png`. `--quick` runs a few steps of each stage only (a smoke test: no learning expected).
 """
 
 import argparse
+import json
+import logging
 import time
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_panovlm  # noqa: F401  (registers the PanoVLM Auto classes)
-from configuration_panovlm import CROP_STRATEGIES
 from modeling_panovlm import RESAMPLERS
+from modeling_panovlm.evaluation import generate_captions, greedy_generation_config, group_rows
+from modeling_panovlm.stage_runner import StageOptions, run_stage
 from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
-from processing_panovlm.synthetic_panoramas import SceneObject, describe_scene, render_panorama
+from processing_panovlm.caption_data import build_messages, load_caption_table
+from processing_panovlm.synthetic_panoramas import synthetic_accuracy, synthetic_answer_key, write_synthetic_dataset
+
+
+# Four 120-degree views a quarter turn apart (30 degrees shared with each neighbour, for the vision stage), 3x3
+# tokens each; `drop_overlap` stitching keeps 27 image tokens, few enough for a two-layer LM to learn where to look
+# within minutes on a CPU.
+TINY_MODEL = dict(crop_strategy="e2p", fov_deg=120.0, overlap_ratio=0.25, view_size=48, patch_size=16)
+# (stage, optimizer steps, learning rate, steps with --quick)
+STAGE_PLAN = (("vision", 150, 2e-3, 4), ("resampler", 300, 2e-3, 4), ("finetune", 3000, 3e-3, 4))
+
+
+def accuracy(model_dir: Path, test_csv: Path, batch_size: int = 16) -> tuple[float, int, list[dict[str, str]]]:
+    """Held-out accuracy of the checkpoint (or adapter) in `model_dir` on the colour and direction questions, their
+    number, and the first three questions with the model's answers."""
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    groups = [group for group in group_rows(load_caption_table(test_csv)) if synthetic_answer_key(group.query, group.references[0])]
+    config = greedy_generation_config(model, max_new_tokens=8)
+    captions, failures, _ = generate_captions(model, processor, groups, batch_size, config, show_progress=False)
+    if failures:
+        raise RuntimeError(f"could not read {len(failures)} test panoramas: {sorted(set(failures.values()))}")
+    score, questions = synthetic_accuracy([g.query for g in groups], [g.references[0] for g in groups], captions)
+    examples = [
+        {"image": Path(g.url).name, "query": g.query, "answer": caption, "reference": g.references[0]}
+        for g, caption in zip(groups[:3], captions)
+    ]
+    return score, questions, examples
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="out/demo")
-    parser.add_argument("--resampler", choices=sorted(RESAMPLERS), default="bimamba")
-    parser.add_argument("--crop-strategy", choices=CROP_STRATEGIES, default="anyres_e2p")
+    parser.add_argument("--resampler", choices=sorted(RESAMPLERS), default="mlp")
+    parser.add_argument("--num-panoramas", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="a few steps per stage: checks the pipeline only")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # weight loading/saving bars would bury the figures
+    torch.manual_seed(0)
     out = Path(args.output_dir)
+    begin = time.perf_counter()
+
     checkpoint = out / "tiny-panovlm"
-
-    start = time.perf_counter()
-    build_tiny_checkpoint(checkpoint, resampler_type=args.resampler, crop_strategy=args.crop_strategy, view_size=64)
-    print(f"1. built a tiny random checkpoint in {checkpoint} ({time.perf_counter() - start:.1f} s)")
-
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    built, _ = build_tiny_checkpoint(checkpoint, resampler_type=args.resampler, **TINY_MODEL)
+    train_csv, test_csv = write_synthetic_dataset(
+        out / "data", args.num_panoramas, seed=0, height=64, test_fraction=0.15, num_objects=4, min_objects=1
+    )
+    model, info = AutoModelForImageTextToText.from_pretrained(checkpoint, output_loading_info=True)
     processor = AutoProcessor.from_pretrained(checkpoint)
+    sample = load_caption_table(test_csv)[0]
+    prompt = processor.apply_chat_template(build_messages(sample["query"]), add_generation_prompt=True)
+    inputs = processor(images=sample["image"], text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        identical = torch.equal(built(**inputs).logits, model.eval()(**inputs).logits)
     config = model.config
     print(
-        f"2. loaded {type(model).__name__} ({model.num_parameters():,} parameters) and {type(processor).__name__}: "
-        f"{config.resampler_config.resampler_type} resampler, {config.crop_strategy}, "
-        f"{config.num_views} views of {config.view_size} px -> {config.num_image_tokens} image tokens per panorama"
+        f"1. tiny random {type(model).__name__} ({model.num_parameters():,} parameters) saved to {checkpoint}: "
+        f"{config.resampler_config.resampler_type} resampler, {config.crop_strategy} with {config.num_views} views "
+        f"of {config.view_size} px -> {config.num_image_tokens} image tokens. Reloaded with the Auto classes: "
+        f"{sum(len(v) for v in info.values())} missing/unexpected/mismatched keys, bit-identical logits: {identical}"
     )
+    print(f"2. synthetic panoramas in {out / 'data'}: {len(load_caption_table(train_csv))} training rows, held-out {test_csv.name}")
 
-    scene = [
-        SceneObject("red", "circle", 0.0),
-        SceneObject("green", "square", 90.0),
-        SceneObject("blue", "triangle", 180.0),  # straddles the +/-180 degree seam
-        SceneObject("yellow", "diamond", -90.0),
-    ]
-    panorama = render_panorama(scene, height=256)
-    panorama.save(out / "panorama.png")
-    print(f"3. rendered {out / 'panorama.png'} ({panorama.width}x{panorama.height}): {describe_scene(scene)}")
+    before, questions, _ = accuracy(checkpoint, test_csv)
+    print(f"3. held-out accuracy before training: {before:.1%} of {questions} questions (chance 25%)")
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is behind the camera?"}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=panorama, text=prompt, return_tensors="pt")
-    yaws = ", ".join(f"{yaw:g}" for yaw in inputs["view_yaw_deg"][0].tolist())
-    print(f"4. pixel_values {tuple(inputs['pixel_values'].shape)}, input_ids {tuple(inputs['input_ids'].shape)}; view yaws: {yaws}")
+    results = {"image_tokens": config.num_image_tokens, "reload_bit_identical": identical, "accuracy_before": before}
+    previous = checkpoint
+    for stage, steps, learning_rate, quick_steps in STAGE_PLAN:
+        start = time.perf_counter()
+        options = StageOptions(
+            stage=stage,
+            model=str(previous),
+            train_csv=str(train_csv),
+            output_dir=str(out / stage),
+            max_steps=quick_steps if args.quick else steps,
+            learning_rate=learning_rate,
+            batch_size=args.batch_size,
+            weight_decay=0.0,
+            logging_steps=1 if args.quick else 50,
+            save_steps=100_000,  # the stage output is the checkpoint that matters here
+            lora_r=32,
+            lora_alpha=64,
+            lora_dropout=0.0,
+            augment=stage == "vision",  # yaw roll keeps the vision stage from fitting one panorama layout
+            seed=0,
+            trainer_args={"disable_tqdm": True},  # the Trainer still prints its loss every `logging_steps`
+        )
+        previous = run_stage(options)
+        losses = [entry["loss"] for entry in json.loads((previous / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
+        seconds = time.perf_counter() - start
+        results[stage] = {"steps": options.max_steps, "seconds": round(seconds, 1), "first_loss": losses[0], "last_loss": losses[-1]}
+        print(f"4. stage {stage:9s}: {options.max_steps} steps in {seconds:.0f} s, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({previous / 'training_curves.png'})")
 
-    start = time.perf_counter()
-    generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    answer = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    print(f"5. generated 16 tokens in {time.perf_counter() - start:.2f} s (random weights, so noise): {answer!r}")
-
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    model.save_pretrained(out / "resaved")
-    processor.save_pretrained(out / "resaved")
-    reloaded, info = AutoModelForImageTextToText.from_pretrained(out / "resaved", output_loading_info=True)
-    reinputs = AutoProcessor.from_pretrained(out / "resaved")(images=panorama, text=prompt, return_tensors="pt")
-    with torch.no_grad():
-        relogits = reloaded.eval()(**reinputs).logits
-    problems = sum(len(v) for v in info.values())
-    print(f"6. save -> load: {problems} missing/unexpected/mismatched keys, bit-identical logits: {torch.equal(logits, relogits)}")
+    after, questions, examples = accuracy(previous, test_csv)
+    results.update(accuracy_after=after, questions=questions, examples_after=examples, total_seconds=round(time.perf_counter() - begin, 1))
+    print(f"5. held-out accuracy after training: {after:.1%} of {questions} questions (before {before:.1%}, chance 25%)")
+    for example in examples:
+        print(f"   {example['image']} {example['query']!r}: {example['answer']!r} (reference {example['reference']!r})")
+    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
+    print(f"   total {results['total_seconds']:.0f} s; figures in {out / 'demo_results.json'}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python examples/make_synthetic_panoramas.py --output-dir data/synthetic --num 200
 
-Each panorama shows four coloured shapes, one per direction (front, right, behind, left; some straddle the +/-180
+Each panorama shows up to four coloured shapes, at most one per direction (front, right, behind, left; some straddle the +/-180
 degree seam). Rows ask where a colour is ("red object"), what is in a direction ("left"), and for a caption
 ("panorama"). Writes `images/`, `train.csv` and `test.csv` (the last panoramas held out).
 """
@@ -19,8 +19,12 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=128, help="panorama height in pixels (width is twice that)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-objects", type=int, default=4, help="objects per panorama (at most 4)")
+    parser.add_argument("--min-objects", type=int, default=None, help="if set, draw 'min..num' objects per panorama")
     args = parser.parse_args()
-    train, test = write_synthetic_dataset(args.output_dir, args.num, args.seed, args.height, args.test_fraction)
+    train, test = write_synthetic_dataset(
+        args.output_dir, args.num, args.seed, args.height, args.test_fraction, args.num_objects, args.min_objects
+    )
     print(f"wrote {train} and {test}")
 
 

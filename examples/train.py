@@ -28,7 +28,10 @@ from modeling_panovlm.stage_runner import StageOptions, run_stage, stage_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: `--lora` would silently pick one of several `--lora-*` flags.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--config", help="YAML run file with a `stages` list (runs every stage in order)")
     hints = typing.get_type_hints(StageOptions)
     for option in dataclasses.fields(StageOptions):

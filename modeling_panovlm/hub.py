@@ -232,7 +232,7 @@ def push_to_hub(
         )
 
 
-def _adapter_card(repo_id: str, base_model_repo_id: str, adapter_config: dict) -> ModelCard:
+def build_adapter_card(repo_id: str, base_model_repo_id: str, adapter_config: dict) -> ModelCard:
     """Model card of a PanoVLM LoRA adapter: `library_name: peft`, `base_model`, and how to load it."""
     data = ModelCardData(
         library_name="peft",
@@ -310,7 +310,7 @@ def push_adapter_to_hub(
             config["base_model_name_or_path"] = base
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        _adapter_card(repo_id, base, configs[0]).save(Path(staging) / "README.md")
+        build_adapter_card(repo_id, base, configs[0]).save(Path(staging) / "README.md")
         logger.info("Pushing the adapter to %s with base model %s", repo_id, base)
         return api.upload_folder(
             repo_id=repo_id,
@@ -322,4 +322,4 @@ def push_adapter_to_hub(
         )
 
 
-__all__ = ["PANOVLM_TAGS", "build_model_card", "hub_repo_id", "push_adapter_to_hub", "push_to_hub"]
+__all__ = ["PANOVLM_TAGS", "build_adapter_card", "build_model_card", "hub_repo_id", "push_adapter_to_hub", "push_to_hub"]

@@ -9,7 +9,10 @@ people: `<split>_data_report.json` (rows dropped and why), `trainer_state.json` 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from processing_panovlm.caption_data import (
 )
 from processing_panovlm.collator import PanoVLMDataCollator
 
+from .hub import build_adapter_card
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config
 from .losses import VICRegWeights
 from .training import STAGES, PanoVLMStageCallback, PanoVLMTrainer
@@ -38,6 +42,11 @@ from .training_plots import plot_training_curves
 
 
 logger = logging.getLogger(__name__)
+
+
+def _union_members(kind: type) -> tuple:
+    """`(float, NoneType)` for `float | None`, `(list[str],)` for `list[str]`."""
+    return typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
 
 
 @dataclass
@@ -102,6 +111,16 @@ class StageOptions:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {self.stage!r}")
+        # Checked here, because a wrongly typed value (a YAML string where a number belongs) would otherwise fail
+        # deep inside TrainingArguments or, worse, be compared as a string.
+        for name, kind in typing.get_type_hints(StageOptions).items():
+            value = getattr(self, name)
+            allowed = tuple(typing.get_origin(t) or t for t in _union_members(kind))
+            if float in allowed:
+                allowed += (int,)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                expected = " or ".join(t.__name__ for t in allowed)
+                raise TypeError(f"option {name!r} must be {expected}, got {type(value).__name__} {value!r}")
 
 
 def prepare_table(csv: str, output_dir: Path, split: str, needs_text: bool, augment: bool) -> datasets.Dataset:
@@ -204,6 +223,10 @@ def run_stage(options: StageOptions) -> Path:
     if trainer.is_world_process_zero():
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
+        if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
+            adapter = json.loads((output_dir / "adapter_config.json").read_text())
+            card = build_adapter_card(output_dir.name, adapter["base_model_name_or_path"], adapter)
+            card.save(output_dir / "README.md")
     return output_dir
 
 
@@ -247,6 +270,13 @@ def stage_options_from_yaml(path: str | Path, overrides: dict | None = None) -> 
         if unknown:
             raise ValueError(f"{path}: stage {index} has unknown keys {unknown}")
         merged["model"] = model
+        for name, kind in typing.get_type_hints(StageOptions).items():
+            # YAML 1.1 reads `1e-4` (no dot) as a string; numbers written that way are meant as numbers.
+            if isinstance(merged.get(name), str) and float in _union_members(kind):
+                try:
+                    merged[name] = float(merged[name])
+                except ValueError:
+                    raise ValueError(f"{path}: stage {index} option {name!r} must be a number, got {merged[name]!r}") from None
         if "output_dir" not in stage and config.get("output_dir"):
             merged["output_dir"] = str(Path(config["output_dir"]) / stage["stage"])
         missing = [key for key in ("model", "train_csv", "output_dir") if not merged.get(key)]

@@ -140,19 +140,29 @@ def write_synthetic_dataset(
     height: int = 128,
     test_fraction: float = 0.2,
     num_objects: int = 4,
+    min_objects: int | None = None,
 ) -> tuple[Path, Path]:
     """Render `num` random scenes to `<output_dir>/images/` and write `train.csv` and `test.csv` (QuIC-360 columns,
     relative image paths); the last `test_fraction` of the panoramas are held out in `test.csv`. Returns both
-    paths."""
+    paths.
+
+    Each scene holds `num_objects` objects, or a uniformly random number from `min_objects` to `num_objects` when
+    `min_objects` is given (scenes with fewer objects give a small model an easier start: with one object the
+    colour alone answers a direction question, with four it must look in the right direction).
+    """
     if num < 2 or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"need num >= 2 and 0 < test_fraction < 1, got num={num}, test_fraction={test_fraction}")
+    low = num_objects if min_objects is None else min_objects
+    if not 1 <= low <= num_objects:
+        raise ValueError(f"need 1 <= min_objects <= num_objects, got min_objects={min_objects}, num_objects={num_objects}")
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     num_test = max(1, round(num * test_fraction))
     splits: dict[str, list[dict[str, str]]] = {"train": [], "test": []}
     for index in range(num):
-        objects = random_scene(rng, num_objects)
+        # No draw for a fixed count, so datasets written before `min_objects` existed stay the same.
+        objects = random_scene(rng, rng.randint(low, num_objects) if low < num_objects else num_objects)
         name = f"images/pano_{index:05d}.png"
         render_panorama(objects, height=height, seed=seed * 1_000_003 + index).save(output_dir / name)
         splits["test" if index >= num - num_test else "train"].extend(scene_rows(objects, name))

@@ -140,6 +140,31 @@ def test_bad_flags_and_run_files_give_clear_errors(workspace, train_module, monk
         config.write_text(text)
         with pytest.raises(ValueError, match=message):
             main("--config", config)
+    # Abbreviated flags are refused: `--lora` would otherwise silently pick one of the `--lora-*` flags.
+    with pytest.raises(SystemExit) as error:
+        main("--model", "m", "--stage", "vision", "--train-csv", "t.csv", "--output-dir", tmp_path / "o", "--max-step", "2")
+    assert error.value.code == 2
+
+
+def test_run_file_values_are_type_checked_and_yaml_exponents_read_as_numbers(tmp_path):
+    from modeling_panovlm.stage_runner import stage_options_from_yaml
+
+    config = tmp_path / "stages.yaml"
+    # PyYAML reads `1e-4` (no dot) as a string; it is meant as a number.
+    config.write_text("model: m\ntrain_csv: t.csv\noutput_dir: o\nlearning_rate: 1e-4\nstages:\n  - stage: vision\n")
+    (options,) = stage_options_from_yaml(config)
+    assert options.learning_rate == 1e-4 and isinstance(options.learning_rate, float)
+    config.write_text("model: m\ntrain_csv: t.csv\noutput_dir: o\nstages:\n  - stage: vision\n    learning_rate: fast\n")
+    with pytest.raises(ValueError, match="stage 0 option 'learning_rate' must be a number, got 'fast'"):
+        stage_options_from_yaml(config)
+    for text, message in [
+        ("max_steps: 1.5", "option 'max_steps' must be int, got float 1.5"),
+        ("augment: sometimes", "option 'augment' must be bool, got str 'sometimes'"),
+        ("lora_modules: q_proj", "option 'lora_modules' must be list, got str 'q_proj'"),
+    ]:
+        config.write_text(f"model: m\ntrain_csv: t.csv\noutput_dir: o\nstages:\n  - stage: finetune\n    {text}\n")
+        with pytest.raises(TypeError, match=message):
+            stage_options_from_yaml(config)
 
 
 def test_two_cpu_processes_split_the_data_stay_in_sync_and_match_one_process(workspace, tmp_path):

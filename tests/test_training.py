@@ -177,6 +177,8 @@ def test_finetune_stage_trains_lora_on_the_lm_and_saves_resampler_and_projector(
     config = json.loads((runs.finetune / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8
     assert config["modules_to_save"] == ["resampler", "multi_modal_projector"]
+    card = (runs.finetune / "README.md").read_text()  # a PanoVLM adapter card, not PEFT's empty template
+    assert "library_name: peft" in card and "pipeline_tag: image-text-to-text" in card and "More Information Needed" not in card
     assert not any(".default" in key for key in adapter)
     lora = {k: v for k, v in adapter.items() if ".lora_" in k}
     # 2 decoder layers x 7 projections, an A and a B each; nothing outside the LM's decoder layers.
