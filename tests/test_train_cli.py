@@ -201,3 +201,14 @@ def test_two_cpu_processes_split_the_data_stay_in_sync_and_match_one_process(wor
     assert max((single[k] - initial[k]).abs().max() for k in trained) > 1e-3
     for key in initial:
         torch.testing.assert_close(parallel[key], single[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_the_example_run_file_describes_three_valid_stages_in_order():
+    from modeling_panovlm.stage_runner import stage_options_from_yaml
+
+    stages = stage_options_from_yaml(ROOT / "examples" / "stages.yaml", {"model": "m", "output_dir": "run"})
+    assert [(o.stage, o.model, o.output_dir) for o in stages] == [
+        ("vision", "m", str(Path("run") / "vision")),
+        ("resampler", str(Path("run") / "vision"), str(Path("run") / "resampler")),
+        ("finetune", str(Path("run") / "resampler"), str(Path("run") / "finetune")),
+    ]
