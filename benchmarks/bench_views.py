@@ -1,7 +1,7 @@
 """Panorama -> views: PanoVLMImageProcessor against py360convert (SciPy and OpenCV backends) and pyequilib.
 
-    python benchmarks/bench_views.py            # full run (~4 min on 2 cores)
-    python benchmarks/bench_views.py --quick    # 1024 x 2048 ERP, 1 thread, 3 repeats (~2 min)
+    python benchmarks/bench_views.py            # full run (~3 min on 2 cores)
+    python benchmarks/bench_views.py --quick    # 1024 x 2048 ERP, 1 thread, 3 repeats (~1.5 min)
 
 For every configuration (ERP size x view size x crop strategy x thread count) each method turns the same uint8
 panorama (H, W, 3) into its views, interleaved, `--repeats` times after one discarded warm-up call; the median
@@ -13,17 +13,15 @@ SciPy worker blocks that import.
 Methods (all produce the same views: 8 horizon views at 45 degree steps, or 9 at 40 degree steps, 90 degree fov):
 
 * ours: `PanoVLMImageProcessor(crop_strategy, image_size)(erp)`: uint8 array in, normalised float32
-  `(1, V, 3, S, S)` tensor out (load, sampling, letterbox global view, rescale + normalise).
+  `(1, V, 3, S, S)` tensor out (load, sampling straight from the uint8 pixels, letterbox global view, rescale +
+  normalise).
 * py360convert[scipy] / py360convert[opencv]: one `py360convert.e2p(erp, 90, yaw, pitch, (S, S))` call per view
-  (uint8 in, uint8 out; py360convert caches its sampling maps per view, as we cache our grids). For anyres_e2p the
+  (uint8 in, uint8 out; py360convert caches its sampling maps per view, as we cache our sampling plans). For anyres_e2p the
   global view is added the way that stack would make it: PIL bilinear resize (SciPy worker) or cv2.resize with
   INTER_AREA (OpenCV worker), then the black bars. No normalisation or tensor conversion is charged to them.
 * equilib[per-view] / equilib[batched]: pyequilib's torch backend, `Equi2Pers(height=S, width=S, fov_x=90)`
   (cached grid prep) called once per view on the float32 CHW image, or once with the image expanded to a batch of V;
   the global view by `F.interpolate(antialias=True)`.
-* proposed[one-pass], proposed[uint8-gather] (information only, not library code): the prototypes in
-  `benchmarks/_proposed_sampler.py` (our sampler with the float conversion fused into the padding; sampling
-  straight from the uint8 image); see that file.
 
 Target: ours <= 0.5x the fastest baseline per panorama. Agreement is reported against py360convert on the same
 views: float pipeline (float32 ERP in [0, 1]) and uint8 pipeline (our output mapped back to grey levels).
@@ -59,8 +57,7 @@ STRATEGIES = {
     "e2p_9": ("e2p", 0.55),  # 9 views at 40 degrees
 }
 BASELINES = ("py360convert[scipy]", "py360convert[opencv]", "equilib[per-view]", "equilib[batched]")
-PROPOSED = ("proposed[one-pass]", "proposed[uint8-gather]")
-METHODS = ("ours", *BASELINES, *PROPOSED)
+METHODS = ("ours", *BASELINES)
 
 
 # ======================================================================================================== worker side
@@ -153,11 +150,6 @@ def _make_runner(method, erp, layout, size, crop_strategy, overlap):
             crop_strategy=crop_strategy, image_size=size, fov_deg=FOV, overlap_ratio=overlap
         )
         return lambda: processor(erp, return_tensors="pt")["pixel_values"]
-    if method in PROPOSED:
-        import _proposed_sampler
-
-        function = _proposed_sampler.preprocess if method.endswith("[uint8-gather]") else _proposed_sampler.preprocess_one_pass
-        return lambda: function(erp, layout, size)
     if method.startswith("py360convert"):
         import py360convert
 
@@ -228,16 +220,6 @@ def _perspective_views(method, erp, layout, size, crop_strategy, overlap) -> np.
             sub = ViewLayout("perspective", tuple(perspective), False, 0.0)
             values = sample_views(torch.from_numpy(erp).permute(2, 0, 1), sub, size)[0]
         return values.permute(0, 2, 3, 1).double().numpy()
-    if method in PROPOSED:
-        import _proposed_sampler
-
-        from configuration_panovlm.view_layout import ViewLayout
-
-        sub = ViewLayout("perspective", tuple(perspective), False, 0.0)
-        if erp.dtype != np.uint8:
-            raise ValueError("the prototypes take uint8 panoramas")
-        function = _proposed_sampler.preprocess if method.endswith("[uint8-gather]") else _proposed_sampler.preprocess_one_pass
-        return (function(erp, sub, size)[0] * 127.5 + 127.5).permute(0, 2, 3, 1).double().numpy()
     if method.startswith("py360convert"):
         import py360convert
 
@@ -285,8 +267,6 @@ def run_timing(args, workers_python: dict[str, str], erp_paths: dict[int, Path],
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         workers = {}
         for method in METHODS:
-            if method in PROPOSED and args.no_proposed:
-                continue
             worker = _timing.Worker(
                 [workers_python[method], str(Path(__file__).resolve()), "--worker", method, "--threads", str(threads)],
                 env=env,
@@ -321,7 +301,6 @@ def run_agreement(args, workers_python, erp_paths, log) -> list:
     """Views of every method on the same panorama, compared with py360convert (both backends)."""
     results = []
     methods = ("ours", "py360convert[scipy]", "py360convert[opencv]", "equilib[per-view]")
-    methods += () if args.no_proposed else PROPOSED
     workers = {}
     for method in methods:
         worker = _timing.Worker([workers_python[method], str(Path(__file__).resolve()), "--worker", method, "--threads", "1"],
@@ -339,8 +318,6 @@ def run_agreement(args, workers_python, erp_paths, log) -> list:
                     for method, worker in workers.items():
                         worker.request(cmd="setup", erp_path=str(erp_paths[height]), strategy=strategy, size=size)
                         for float_input in (False, True):
-                            if method in PROPOSED and float_input:
-                                continue
                             path = f"{tmp}/{method}_{float_input}.npy"
                             worker.request(cmd="dump", path=path, float_input=float_input)
                             views[(method, float_input)] = np.load(path)
@@ -432,7 +409,6 @@ def main(argv=None) -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--baseline-python", default=None,
                         help="interpreter with py360convert, opencv-python-headless and pyequilib (default: this one)")
-    parser.add_argument("--no-proposed", action="store_true", help="skip the prototypes of benchmarks/_proposed_sampler.py")
     parser.add_argument("--no-preshrink", action="store_true")
     parser.add_argument("--preshrink-widths", type=int, nargs="+", default=[2048, 1024, 768])
     parser.add_argument("--supersample", type=int, default=4)
@@ -448,7 +424,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     log = lambda message: print(message, flush=True)  # noqa: E731
     baseline_python = args.baseline_python or sys.executable
-    workers_python = {method: (sys.executable if method in ("ours", *PROPOSED) else baseline_python) for method in METHODS}
+    workers_python = {method: (sys.executable if method == "ours" else baseline_python) for method in METHODS}
     cache_dir = Path(tempfile.gettempdir()) / "panovlm_bench_views"
     cache_dir.mkdir(exist_ok=True)
     erp_paths = {height: make_panorama(height, cache_dir) for height in args.erp}
@@ -469,20 +445,9 @@ def main(argv=None) -> None:
         ratio_row["met"] = ratio_row["ratio"] <= 0.5
         ratio_row["fastest_baseline"] = fastest
         ratio_row["all_baselines_median_s"] = baselines
-        for method in PROPOSED:
-            if method in timing:
-                ratio_row[f"{method}_median_s"] = timing[method]["median_s"]
-                ratio_row[f"{method}_ratio"] = _timing.paired_ratio(timing, method, fastest)
         config["ratio"] = ratio_row
         rows.append(ratio_row)
     _timing.print_ratio_table(rows, "Panorama -> views, ours / fastest baseline (median per panorama)")
-    if not args.no_proposed:
-        print("Prototypes (benchmarks/_proposed_sampler.py, not library code) / fastest baseline:\n")
-        print("| configuration | " + " | ".join(PROPOSED) + " | fastest baseline |")
-        print("|---|" + "---:|" * (len(PROPOSED) + 1))
-        for row in rows:
-            cells = [f"{row[m + '_median_s'] * 1e3:.1f} ms ({row[m + '_ratio']:.2f}x)" for m in PROPOSED]
-            print(f"| {row['comparison']} | " + " | ".join(cells) + f" | {row['baseline'] * 1e3:.1f} ms |")
     print("\nAll medians (ms):")
     for config in configs:
         print(f"  {config['ratio']['comparison']}: " + ", ".join(

@@ -13,11 +13,21 @@ Geometry follows `configuration_panovlm.view_layout` and py360convert (>= 1.0.3)
 * `letterbox` (the global view of `anyres_e2p`): the whole ERP scaled to `S` x `S // 2`, centred vertically between
   black (0) bars.
 
-Before bilinear sampling the ERP is padded by one pixel: the columns wrap around, and the rows above and below are
-the first and last row turned by 180 degrees (the continuation across the pole), so samples next to the seam or a
-pole blend real neighbours instead of clamping. All grid-sampled views of a layout share one `grid_sample` call; the
-grids are built once in float64 numpy (single-threaded elementwise maths, which torch's intra-op threads only slow
-down on small arrays) and cached per (layout, ERP size, view size, device, dtype).
+Point-sampled views (perspective, ERP crops) are bilinear samples of the ERP padded by one pixel (`pad_equirect`):
+the columns wrap around, and the rows above and below are the first and last row turned by 180 degrees (the
+continuation across the pole), so samples next to the seam or a pole blend real neighbours instead of clamping.
+The padded image is never built: a sampling plan, computed once per (views, ERP size, view size, device, dtype) in
+float64 and cached, holds the source pixel of each output pixel's four neighbours (found by padding an image of
+pixel indices) and their bilinear weights. Each view is then four gathers per channel straight from the input's
+memory and a weighted sum, so a uint8 panorama (e.g. a channels-last numpy array) is never converted to float as a
+whole; only the gathered values are.
+
+The whole-panorama views (`letterbox`, `resize`'s 360 x 180 degree view) and the `max_erp_width` pre-shrink are
+separable resizes with torch's weights (antialiased bilinear, area). Their vertical pass converts the ERP one block
+of rows at a time and multiplies it by the banded filter matrix; the horizontal pass runs on the few rows left.
+
+Integer images go through the same float arithmetic as their float conversion, so the views of a uint8 ERP equal
+those of `erp.float()` to float rounding.
 """
 
 from __future__ import annotations
@@ -35,8 +45,11 @@ from configuration_panovlm.view_layout import ViewLayout, ViewSpec
 
 logger = logging.getLogger(__name__)
 
-# Each entry holds one layout's grids, e.g. 8 views x 384^2 x 2 floats = 9.4 MB in float32.
-GRID_CACHE_SIZE = 8
+# Each entry holds one layout's sampling plan: 4 neighbours x (int32 index + float32 weight) per output pixel,
+# e.g. 38 MB for 8 views of 384^2.
+GRID_CACHE_SIZE = 4
+# Rows of the ERP converted and multiplied at once by the vertical resize pass (1.5 MB of float32 at width 4096).
+RESIZE_BLOCK_ROWS = 32
 
 
 def sample_views(
@@ -48,14 +61,17 @@ def sample_views(
     """Sample the views of `layout` from one panorama or a batch of same-size panoramas.
 
     Args:
-        erp: `(C, H, W)` or `(B, C, H, W)` equirectangular image(s). Floating point images keep their dtype
-            (float16/bfloat16 are computed in float32); integer images (e.g. uint8) are converted to float32
-            without rescaling. Any device; the result is differentiable w.r.t. `erp`.
+        erp: `(C, H, W)` or `(B, C, H, W)` equirectangular image(s), in any memory layout (a channels-last view of
+            an `(H, W, C)` array is read in place). float32 and float64 images keep their dtype; uint8 images are
+            sampled without converting them as a whole and give float32 (the values of `erp.float()`, no
+            rescaling); other dtypes (float16, bfloat16, other integers) are converted to float32 first. Any
+            device; the result is differentiable w.r.t. a floating point `erp`.
         layout: the views to take (`build_view_layout(...)`), in output order.
         size: side `S` of the square output views.
         max_erp_width: if set and the ERP is wider, it is first shrunk to this width with an area filter (aspect
-            kept) before the perspective and ERP-crop views are sampled, which avoids aliasing and saves time on
-            very large panoramas. `None` samples the original pixels (exact agreement with py360convert).
+            kept) before the perspective and ERP-crop views are sampled, which avoids aliasing when the views are
+            much smaller than the panorama (it reads every pixel, so it costs time). `None` samples the original
+            pixels (exact agreement with py360convert).
 
     Returns:
         `(B, V, C, S, S)` views in the order of `layout.views` (`B = 1` for a single image).
@@ -71,33 +87,31 @@ def sample_views(
         raise ValueError(f"size must be >= 2, got {size}")
     if max_erp_width is not None and max_erp_width < 4:
         raise ValueError(f"max_erp_width must be >= 4 or None, got {max_erp_width}")
-    if erp.dtype not in (torch.float32, torch.float64):
-        # Sampling grids need float32 or better: half-precision grids misplace samples by pixels on wide ERPs.
+    if erp.dtype not in (torch.uint8, torch.float32, torch.float64):
+        # Half-precision weights would be too coarse; the other integer types have no fast path of their own.
         erp = erp.float()
 
-    outputs: list[torch.Tensor | None] = [None] * layout.num_views
-    grid_indices = []
+    batch, channels, height, width = erp.shape
+    dtype = torch.float32 if erp.dtype == torch.uint8 else erp.dtype
+    out = torch.empty(batch, layout.num_views, channels, size, size, dtype=dtype, device=erp.device)
+    point_sampled = []
     for index, view in enumerate(layout.views):
         if view.kind == "letterbox":
             _check_whole_panorama(view)
-            outputs[index] = _letterbox(erp, size)
+            out[:, index] = _letterbox(erp, size)
         elif view.kind == "equirect" and _is_whole_panorama(view):
-            outputs[index] = _resize(erp, (size, size))
+            out[:, index] = _resize(erp, (size, size), "bilinear")
         elif view.kind in ("perspective", "equirect"):
-            grid_indices.append(index)
+            point_sampled.append(index)
         else:
             raise ValueError(f"unknown view kind {view.kind!r} in {view}")
 
-    if grid_indices:
+    if point_sampled:
         source = erp
-        if max_erp_width is not None and erp.shape[-1] > max_erp_width:
-            height = max(2, round(erp.shape[-2] * max_erp_width / erp.shape[-1]))
-            source = F.interpolate(erp, size=(height, max_erp_width), mode="area")
-        grid_views = tuple(layout.views[index] for index in grid_indices)
-        sampled = _grid_sample_views(source, grid_views, size)
-        for position, index in enumerate(grid_indices):
-            outputs[index] = sampled[:, position]
-    return torch.stack(outputs, dim=1)
+        if max_erp_width is not None and width > max_erp_width:
+            source = _resize(erp, (max(2, round(height * max_erp_width / width)), max_erp_width), "area")
+        _sample_into(out, source, tuple(layout.views[index] for index in point_sampled), point_sampled)
+    return out
 
 
 def pad_equirect(erp: torch.Tensor) -> torch.Tensor:
@@ -126,13 +140,14 @@ def view_lonlat(view: ViewSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def grid_cache_info() -> tuple[int, int, int, int]:
-    """`(hits, misses, maxsize, currsize)` of the sampling-grid cache, as `functools.lru_cache` reports them."""
-    return _layout_grid.cache_info()
+    """`(hits, misses, maxsize, currsize)` of the sampling-plan cache, as `functools.lru_cache` reports them."""
+    return _sampling_plan.cache_info()
 
 
 def clear_grid_cache() -> None:
-    """Drop all cached sampling grids (e.g. to free device memory)."""
-    _layout_grid.cache_clear()
+    """Drop all cached sampling plans and resize weights (e.g. to free device memory)."""
+    _sampling_plan.cache_clear()
+    _vertical_filter_blocks.cache_clear()
 
 
 def _is_whole_panorama(view: ViewSpec) -> bool:
@@ -144,14 +159,10 @@ def _check_whole_panorama(view: ViewSpec) -> None:
         raise ValueError(f"a letterbox view shows the whole panorama (yaw 0, pitch 0, 360 x 180 degrees), got {view}")
 
 
-def _resize(erp: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(erp, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 def _letterbox(erp: torch.Tensor, size: int) -> torch.Tensor:
     content_height = size // 2
     top = (size - content_height) // 2
-    content = _resize(erp, (content_height, size))
+    content = _resize(erp, (content_height, size), "bilinear")
     return F.pad(content, (0, 0, top, size - content_height - top), value=0.0)
 
 
@@ -187,39 +198,125 @@ def _equirect_lonlat(view: ViewSpec, size: int) -> tuple[np.ndarray, np.ndarray]
     return lon, lat
 
 
+def _sample_into(out: torch.Tensor, erp: torch.Tensor, views: tuple[ViewSpec, ...], positions: list[int]) -> None:
+    """Write the bilinear samples of `views` from `(B, C, H, W)` `erp` into `out[:, positions]` (`(B, V, C, S, S)`)."""
+    batch, channels, height, width = erp.shape
+    size = out.shape[-1]
+    index, weights = _sampling_plan(views, height, width, size, erp.device, out.dtype)
+    # (B, C, H * W) is a view for channels-first and channels-last memory alike; 1-D gathers along it are fast.
+    planes = erp.reshape(batch, channels, height * width)
+    # One view at a time, all its channels in a row: the gathered values, the weights and the part of the ERP the
+    # view sees stay in cache.
+    for sample in range(batch):
+        for view_index, position in enumerate(positions):
+            for channel in range(channels):
+                gathered = planes[sample, channel].index_select(0, index[view_index].view(-1))
+                neighbours = gathered.view(4, -1).to(out.dtype)
+                target = out[sample, position, channel].view(-1)
+                target.copy_(neighbours[0]).mul_(weights[view_index, 0])
+                for corner in range(1, 4):
+                    target.addcmul_(neighbours[corner], weights[view_index, corner])
+
+
 @lru_cache(maxsize=GRID_CACHE_SIZE)
-def _layout_grid(
+def _sampling_plan(
     views: tuple[ViewSpec, ...],
     height: int,
     width: int,
     size: int,
     device: torch.device,
     dtype: torch.dtype,
-) -> torch.Tensor:
-    """`(1, V * S, S, 2)` `grid_sample` coordinates (align_corners=True) of `views` into the padded ERP."""
-    logger.debug("building sampling grids for %d views, ERP %dx%d, view size %d", len(views), width, height, size)
-    grids = []
-    for view in views:
-        lon, lat = view_lonlat(view, size)
-        # Pixel-centre coordinates in the unpadded ERP, shifted by the one-pixel padding.
-        column = (lon / (2 * math.pi) + 0.5) * width - 0.5 + 1
-        row = (0.5 - lat / math.pi) * height - 0.5 + 1
-        # align_corners=True maps -1 / +1 to the centres of the first / last padded pixel.
-        grids.append(np.stack((column * 2 / (width + 1) - 1, row * 2 / (height + 1) - 1), axis=-1))
-    return torch.from_numpy(np.concatenate(grids)[None]).to(device=device, dtype=dtype)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the bilinear neighbours of each output pixel are in the unpadded ERP, and their weights.
+
+    Returns `(V, 4, S * S)` pixel indices (`y * W + x`; int32 unless the ERP has 2^31 pixels or more) and
+    `(V, 4, S * S)` weights in `dtype`; the 4 neighbours are top-left, top-right, bottom-left, bottom-right.
+    """
+    logger.debug("building sampling plan for %d views, ERP %dx%d, view size %d", len(views), width, height, size)
+    index_dtype = torch.int32 if height * width < 2**31 else torch.int64
+    pixels = torch.arange(height * width, dtype=index_dtype).view(1, 1, height, width)
+    source = pad_equirect(pixels)[0, 0].numpy()  # (H + 2, W + 2): the source pixel each padded pixel repeats
+    lonlat = [view_lonlat(view, size) for view in views]
+    lon = np.stack([lon.ravel() for lon, _ in lonlat])
+    lat = np.stack([lat.ravel() for _, lat in lonlat])
+    # Pixel-centre coordinates in the padded ERP, clamped to it (grid_sample's padding_mode="border").
+    x = np.clip((lon / (2 * math.pi) + 0.5) * width - 0.5 + 1, 0, width + 1)
+    y = np.clip((0.5 - lat / math.pi) * height - 0.5 + 1, 0, height + 1)
+    # The top-left neighbour stays one pixel inside the padded ERP, so a sample on its last column or row has
+    # weight 1 on the bottom-right neighbour instead of reading past the edge.
+    x0 = np.minimum(np.floor(x), width).astype(np.int64)
+    y0 = np.minimum(np.floor(y), height).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    index = np.stack([source[y0, x0], source[y0, x0 + 1], source[y0 + 1, x0], source[y0 + 1, x0 + 1]], axis=1)
+    weights = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
+    return torch.from_numpy(index).to(device), torch.from_numpy(weights).to(device=device, dtype=dtype)
 
 
-def _grid_sample_views(erp: torch.Tensor, views: tuple[ViewSpec, ...], size: int) -> torch.Tensor:
-    """`(B, C, H, W)` -> `(B, len(views), C, S, S)` with one bilinear `grid_sample` call."""
+def _resize(erp: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """`(B, C, H, W)` -> `(B, C, h, w)` in the compute dtype, as `F.interpolate` resizes with `mode`.
+
+    `mode="bilinear"` is the antialiased bilinear (triangle) filter, `"area"` the area average. The vertical pass
+    runs here, `RESIZE_BLOCK_ROWS` input rows at a time, so an integer ERP is only ever converted one block at a
+    time; `F.interpolate` then makes the horizontal pass on the `h` rows left (the height is unchanged there, so it
+    is an exact identity vertically).
+    """
     batch, channels, height, width = erp.shape
-    grid = _layout_grid(views, height, width, size, erp.device, erp.dtype)
-    padded = pad_equirect(erp)
-    # Channels are sampled independently, so folding the batch into them lets every panorama share one grid.
-    sampled = F.grid_sample(
-        padded.reshape(1, batch * channels, height + 2, width + 2),
-        grid,
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=True,
-    )
-    return sampled.reshape(batch, channels, len(views), size, size).transpose(1, 2)
+    out_height, out_width = size
+    dtype = torch.float32 if erp.dtype == torch.uint8 else erp.dtype
+    blocks = _vertical_filter_blocks(height, out_height, mode, erp.device, dtype)
+    # Blocks of rows of W * C values: a view of channels-last images, a small copy of channels-first ones.
+    pixels = erp.permute(0, 2, 3, 1)
+    shrunk = torch.zeros(batch, out_height, width * channels, dtype=dtype, device=erp.device)
+    for sample in range(batch):
+        for start, stop, first, last, weights in blocks:
+            block = pixels[sample, start:stop].reshape(stop - start, width * channels).to(dtype)
+            shrunk[sample, first:last].addmm_(weights, block)
+    shrunk = shrunk.view(batch, out_height, width, channels).permute(0, 3, 1, 2)
+    if mode == "area":
+        return F.interpolate(shrunk, size=size, mode="area")
+    return F.interpolate(shrunk, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@lru_cache(maxsize=16)
+def _vertical_filter_blocks(
+    in_size: int, out_size: int, mode: str, device: torch.device, dtype: torch.dtype
+) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
+    """The filter matrix of `_filter_matrix` cut into blocks of input rows.
+
+    Each block is `(start, stop, first, last, weights)`: input rows `start:stop` contribute to output rows
+    `first:last` with the `(last - first, stop - start)` weights.
+    """
+    matrix = _filter_matrix(in_size, out_size, mode)
+    blocks = []
+    for start in range(0, in_size, RESIZE_BLOCK_ROWS):
+        stop = min(start + RESIZE_BLOCK_ROWS, in_size)
+        touched = np.flatnonzero(matrix[:, start:stop].any(axis=1))
+        if touched.size:
+            first, last = int(touched[0]), int(touched[-1]) + 1
+            weights = torch.from_numpy(matrix[first:last, start:stop]).to(device=device, dtype=dtype)
+            blocks.append((start, stop, first, last, weights))
+    return tuple(blocks)
+
+
+def _filter_matrix(in_size: int, out_size: int, mode: str) -> np.ndarray:
+    """`(out_size, in_size)` float64 weights of torch's resize along one axis (align_corners=False).
+
+    `"bilinear"`: the antialiased triangle filter (`F.interpolate(..., antialias=True)`), stretched by the scale
+    when shrinking, its taps normalised to sum to 1. `"area"`: `adaptive_avg_pool`'s mean over the input cells
+    that output cell `i` overlaps, widened to whole cells (`floor(i * in / out)` to `ceil((i + 1) * in / out)`).
+    """
+    matrix = np.zeros((out_size, in_size))
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    for row in range(out_size):
+        if mode == "area":
+            start, stop = row * in_size // out_size, -(-(row + 1) * in_size // out_size)
+            matrix[row, start:stop] = 1.0 / (stop - start)
+        elif mode == "bilinear":
+            centre = scale * (row + 0.5)
+            start, stop = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
+            taps = np.maximum(0.0, 1.0 - np.abs((np.arange(start, stop) - centre + 0.5) / support))
+            matrix[row, start:stop] = taps / taps.sum()
+        else:
+            raise ValueError(f"unknown resize mode {mode!r}")
+    return matrix

@@ -1,9 +1,9 @@
 """Loading and validating equirectangular panoramas.
 
 `load_panorama` turns a PIL image, a numpy array, a torch tensor or a file path into a `(3, H, W)` float32 tensor
-and rejects, with a `PanoramaImageError` naming the problem and the input, anything that is not a usable 2:1
-panorama. It converts only what has one obvious meaning (listed in its docstring) and never silently fixes
-anything else.
+(or, on request, keeps 8-bit images uint8) and rejects, with a `PanoramaImageError` naming the problem and the
+input, anything that is not a usable 2:1 panorama. It converts only what has one obvious meaning (listed in its
+docstring) and never silently fixes anything else.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class PanoramaImageError(ValueError):
     """A panorama that cannot be used: unreadable, truncated or corrupt, too large, not 2:1, or with invalid values."""
 
 
-def load_panorama(image: PanoramaInput, aspect_ratio_tolerance: float = 0.01) -> torch.Tensor:
+def load_panorama(
+    image: PanoramaInput, aspect_ratio_tolerance: float = 0.01, *, keep_uint8: bool = False
+) -> torch.Tensor:
     """Load and validate one equirectangular panorama.
 
     Args:
@@ -43,10 +45,14 @@ def load_panorama(image: PanoramaInput, aspect_ratio_tolerance: float = 0.01) ->
             `C` in 1..4 (numpy arrays are read channels-last and tensors channels-first when both readings are
             possible); or the path (`str` / `os.PathLike`) of an image file.
         aspect_ratio_tolerance: largest accepted relative deviation of `W / H` from 2.
+        keep_uint8: return 8-bit images as uint8 instead of float32 (the panorama is then 4x smaller, and
+            `sample_views` reads it without converting it as a whole). The result is then often a view of
+            `image` (a channels-last view of an `(H, W, 3)` array, for instance), so treat it as read-only.
 
     Returns:
         `(3, H, W)` float32 tensor (on the input tensor's device, else on the CPU) in the input's value range:
-        0..255 for 8-bit and 16-bit images, [0, 1] for floating point arrays and tensors.
+        0..255 for 8-bit and 16-bit images, [0, 1] for floating point arrays and tensors; uint8 for 8-bit images
+        with `keep_uint8=True`.
 
     Conversions (the only ones made):
         * grey (PIL "1"/"L", 2-D arrays, one channel) is replicated to RGB; PIL "1" becomes 0 / 255;
@@ -66,22 +72,26 @@ def load_panorama(image: PanoramaInput, aspect_ratio_tolerance: float = 0.01) ->
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         with _open_image_file(path) as opened:
-            return _pil_to_tensor(opened, path, aspect_ratio_tolerance)
+            return _pil_to_tensor(opened, path, aspect_ratio_tolerance, keep_uint8)
     if isinstance(image, Image.Image):
         source = getattr(image, "filename", "") or f"PIL image ({image.mode}, {image.width}x{image.height})"
-        return _pil_to_tensor(image, source, aspect_ratio_tolerance)
+        return _pil_to_tensor(image, source, aspect_ratio_tolerance, keep_uint8)
     if isinstance(image, np.ndarray):
         source = f"numpy array of shape {image.shape} and dtype {image.dtype}"
         if image.dtype.name not in _NUMPY_DTYPES:
             raise PanoramaImageError(
                 f"{source}: unsupported dtype; pass uint8 (0..255), uint16 (0..65535) or float in [0, 1]"
             )
-        # Copies, so the result never aliases the caller's (possibly read-only or big-endian) memory.
-        tensor = torch.tensor(image.astype(image.dtype.newbyteorder("="), copy=False))
-        return _tensor_to_panorama(tensor, source, aspect_ratio_tolerance, channels_first=False)
+        if keep_uint8 and image.dtype == np.uint8 and image.flags.writeable and image.flags.c_contiguous:
+            tensor = torch.from_numpy(image)  # no copy: the caller asked for a read-only view
+        else:
+            # A copy, so the result never aliases the caller's (possibly read-only or big-endian) memory.
+            tensor = torch.tensor(image.astype(image.dtype.newbyteorder("="), copy=False))
+        return _tensor_to_panorama(tensor, source, aspect_ratio_tolerance, channels_first=False, keep_uint8=keep_uint8)
     if isinstance(image, torch.Tensor):
         source = f"torch tensor of shape {tuple(image.shape)} and dtype {image.dtype}"
-        return _tensor_to_panorama(image.detach(), source, aspect_ratio_tolerance, channels_first=True)
+        tensor = image.detach()
+        return _tensor_to_panorama(tensor, source, aspect_ratio_tolerance, channels_first=True, keep_uint8=keep_uint8)
     raise PanoramaImageError(
         f"unsupported panorama type {type(image).__name__}: pass a PIL image, numpy array, torch tensor or file path"
     )
@@ -130,7 +140,9 @@ def _open_image_file(path: str) -> Image.Image:
         raise PanoramaImageError(f"cannot open panorama file {path!r}: {err}") from err
 
 
-def _pil_to_tensor(image: Image.Image, source: str, aspect_ratio_tolerance: float) -> torch.Tensor:
+def _pil_to_tensor(
+    image: Image.Image, source: str, aspect_ratio_tolerance: float, keep_uint8: bool
+) -> torch.Tensor:
     # Checked before decoding, so an oversized file is never decompressed.
     limit = Image.MAX_IMAGE_PIXELS
     num_pixels = image.width * image.height
@@ -161,7 +173,8 @@ def _pil_to_tensor(image: Image.Image, source: str, aspect_ratio_tolerance: floa
             f"{source}: unsupported PIL mode {image.mode!r}; convert it to 'RGB' (8-bit) first, or pass a uint16 "
             "or float array"
         )
-    return _tensor_to_panorama(torch.tensor(array), source, aspect_ratio_tolerance, channels_first=False)
+    tensor = torch.tensor(array)
+    return _tensor_to_panorama(tensor, source, aspect_ratio_tolerance, channels_first=False, keep_uint8=keep_uint8)
 
 
 def _to_channels_first(tensor: torch.Tensor, source: str, channels_first: bool) -> torch.Tensor:
@@ -182,7 +195,7 @@ def _to_channels_first(tensor: torch.Tensor, source: str, channels_first: bool) 
 
 
 def _tensor_to_panorama(
-    tensor: torch.Tensor, source: str, aspect_ratio_tolerance: float, channels_first: bool
+    tensor: torch.Tensor, source: str, aspect_ratio_tolerance: float, channels_first: bool, keep_uint8: bool
 ) -> torch.Tensor:
     if tensor.dtype not in _INTEGER_DTYPES + _FLOAT_DTYPES:
         raise PanoramaImageError(
@@ -208,6 +221,8 @@ def _tensor_to_panorama(
                 f"{source}: float values span [{low:.4g}, {high:.4g}] but float panoramas must lie in [0, 1]; "
                 "pass uint8 for 0..255 data, or divide by 255 first"
             )
+    if keep_uint8 and tensor.dtype == torch.uint8:
+        return tensor
     result = tensor.to(torch.float32, copy=True).contiguous()
     if tensor.dtype == torch.uint16:
         result /= _UINT16_TO_UINT8

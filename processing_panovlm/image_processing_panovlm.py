@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -49,10 +48,11 @@ class PanoVLMImageProcessor(BaseImageProcessor):
     r"""Turns equirectangular panoramas (ERP, 2:1) into the square views of a crop strategy.
 
     The views are those of `build_view_layout(crop_strategy, fov_deg, overlap_ratio)`
-    (configuration_panovlm.view_layout), sampled by one batched, seam-correct torch `grid_sample`
-    (`processing_panovlm.equirect.sample_views`): perspective views match `py360convert.e2p` (bilinear),
-    ERP crops wrap across the +/-180 degree seam, and the whole-panorama views (`resize`, the letterboxed global view
-    of `anyres_e2p`) use an antialiased resize. Each view is then rescaled and normalised.
+    (configuration_panovlm.view_layout), sampled seam-correctly by `processing_panovlm.equirect.sample_views`:
+    perspective views match `py360convert.e2p` (bilinear), ERP crops wrap across the +/-180 degree seam, and the
+    whole-panorama views (`resize`, the letterboxed global view of `anyres_e2p`) use an antialiased resize. 8-bit
+    panoramas are sampled straight from their uint8 pixels (never converted to float as a whole). Each view is
+    then rescaled and normalised.
 
     Args:
         crop_strategy (`str`): one of `resize`, `e2p`, `anyres_e2p`, `cubemap`, `sliding_window`.
@@ -173,7 +173,8 @@ class PanoVLMImageProcessor(BaseImageProcessor):
                     f"images[{index}] is a float image, which must already be in [0, 1]; rescaling it by "
                     f"{options['rescale_factor']:g} again would darken it. Pass do_rescale=False (or uint8 data)."
                 )
-            panorama = load_panorama(image, self.aspect_ratio_tolerance)
+            # 8-bit panoramas stay uint8 (often a view of the input): only the sampled values become float.
+            panorama = load_panorama(image, self.aspect_ratio_tolerance, keep_uint8=True)
             panoramas.append(panorama if device is None else panorama.to(device))
 
         pixel_values = self._sample(panoramas)
@@ -213,19 +214,15 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         return options
 
     def _sample(self, panoramas: list[torch.Tensor]) -> torch.Tensor:
-        """`(3, H_i, W_i)` panoramas -> `(batch, views, 3, S, S)`, one sampler call per distinct size and device."""
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, panorama in enumerate(panoramas):
-            groups[(tuple(panorama.shape), panorama.device)].append(index)
-        if len({device for _, device in groups}) > 1:
+        """`(3, H_i, W_i)` panoramas -> `(batch, views, 3, S, S)` float32, one sampler call per panorama.
+
+        The sampler loops over a batch anyway; calling it per panorama spares stacking (copying) the panoramas.
+        """
+        if len({panorama.device for panorama in panoramas}) > 1:
             raise ValueError("panoramas are on different devices; pass device=... to sample them in one place")
-        views: list[torch.Tensor | None] = [None] * len(panoramas)
-        for indices in groups.values():
-            batch = torch.stack([panoramas[index] for index in indices])
-            sampled = sample_views(batch, self.view_layout, self.image_size, self.max_erp_width)
-            for position, index in enumerate(indices):
-                views[index] = sampled[position]
-        return torch.stack(views)
+        layout = self.view_layout
+        views = [sample_views(panorama, layout, self.image_size, self.max_erp_width) for panorama in panoramas]
+        return torch.cat(views) if len(views) > 1 else views[0]
 
     @staticmethod
     def _rescale_and_normalize(
@@ -245,7 +242,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
             scale, shift = scale / std, -mean / std
         scale = scale.to(pixel_values.device, torch.float32).view(3, 1, 1)
         shift = shift.to(pixel_values.device, torch.float32).view(3, 1, 1)
-        return torch.addcmul(shift, pixel_values, scale)
+        return torch.addcmul(shift, pixel_values, scale, out=pixel_values)  # in place: the views are ours
 
 
 def _channel_stats(values: float | list[float] | tuple[float, ...], name: str) -> list[float]:
