@@ -22,18 +22,24 @@ pixel indices) and their bilinear weights. Each view is then four gathers per ch
 memory and a weighted sum, so a uint8 panorama (e.g. a channels-last numpy array) is never converted to float as a
 whole; only the gathered values are.
 
-The whole-panorama views (`letterbox`, `resize`'s 360 x 180 degree view) and the `max_erp_width` pre-shrink are
-separable resizes with torch's weights (antialiased bilinear, area). Their vertical pass converts the ERP one block
-of rows at a time and multiplies it by the banded filter matrix; the horizontal pass runs on the few rows left.
+The whole-panorama views (`letterbox`, `resize`'s 360 x 180 degree view) are antialiased bilinear resizes. A uint8
+ERP goes through torch's uint8 kernel (the one torchvision uses for 8-bit images, 3-5x faster than any float path
+here): its output is rounded to whole grey levels, within 1 of the exact resize, as PIL's is. Float ERPs, and the
+`max_erp_width` pre-shrink (area filter) of any ERP, are separable resizes with torch's weights whose vertical
+pass converts the ERP one block of rows at a time and multiplies it by the banded filter matrix; the horizontal
+pass runs on the few rows left.
 
-Integer images go through the same float arithmetic as their float conversion, so the views of a uint8 ERP equal
-those of `erp.float()` to float rounding.
+Apart from those whole-panorama views, integer images go through the same float arithmetic as their float
+conversion, so the views of a uint8 ERP equal those of `erp.float()` to float rounding.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -77,7 +83,8 @@ def sample_views(
         `(B, V, C, S, S)` views in the order of `layout.views` (`B = 1` for a single image).
 
     The whole-panorama views (`resize`'s `equirect` view covering 360 x 180 degrees at yaw 0, and `letterbox`)
-    shrink the ERP by a large factor, so they use an antialiased bilinear resize instead of point sampling.
+    shrink the ERP by a large factor, so they use an antialiased bilinear resize instead of point sampling (for a
+    uint8 ERP rounded to whole grey levels, see the module docstring).
     """
     if erp.dim() == 3:
         erp = erp.unsqueeze(0)
@@ -100,7 +107,7 @@ def sample_views(
             _check_whole_panorama(view)
             out[:, index] = _letterbox(erp, size)
         elif view.kind == "equirect" and _is_whole_panorama(view):
-            out[:, index] = _resize(erp, (size, size), "bilinear")
+            out[:, index] = _shrink_whole(erp, (size, size))
         elif view.kind in ("perspective", "equirect"):
             point_sampled.append(index)
         else:
@@ -162,8 +169,16 @@ def _check_whole_panorama(view: ViewSpec) -> None:
 def _letterbox(erp: torch.Tensor, size: int) -> torch.Tensor:
     content_height = size // 2
     top = (size - content_height) // 2
-    content = _resize(erp, (content_height, size), "bilinear")
+    content = _shrink_whole(erp, (content_height, size))
     return F.pad(content, (0, 0, top, size - content_height - top), value=0.0)
+
+
+def _shrink_whole(erp: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(B, C, H, W)` -> `(B, C, h, w)` antialiased bilinear resize of whole ERPs, in the compute dtype."""
+    if erp.dtype == torch.uint8:
+        # Rounded to whole grey levels (within 1 of the exact resize); any memory layout gives the same values.
+        return F.interpolate(erp, size=size, mode="bilinear", align_corners=False, antialias=True).float()
+    return _resize(erp, size, "bilinear")
 
 
 def _perspective_lonlat(view: ViewSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,17 +220,54 @@ def _sample_into(out: torch.Tensor, erp: torch.Tensor, views: tuple[ViewSpec, ..
     index, weights = _sampling_plan(views, height, width, size, erp.device, out.dtype)
     # (B, C, H * W) is a view for channels-first and channels-last memory alike; 1-D gathers along it are fast.
     planes = erp.reshape(batch, channels, height * width)
-    # One view at a time, all its channels in a row: the gathered values, the weights and the part of the ERP the
-    # view sees stay in cache.
-    for sample in range(batch):
-        for view_index, position in enumerate(positions):
-            for channel in range(channels):
-                gathered = planes[sample, channel].index_select(0, index[view_index].view(-1))
-                neighbours = gathered.view(4, -1).to(out.dtype)
-                target = out[sample, position, channel].view(-1)
-                target.copy_(neighbours[0]).mul_(weights[view_index, 0])
-                for corner in range(1, 4):
-                    target.addcmul_(neighbours[corner], weights[view_index, corner])
+
+    def sample_view(job: tuple[int, int, int]) -> None:
+        # One view, all its channels in a row: the gathered values, the weights and the part of the ERP the view
+        # sees stay in cache.
+        sample, view_index, position = job
+        for channel in range(channels):
+            gathered = planes[sample, channel].index_select(0, index[view_index].view(-1))
+            neighbours = gathered.view(4, -1).to(out.dtype)
+            target = out[sample, position, channel].view(-1)
+            target.copy_(neighbours[0]).mul_(weights[view_index, 0])
+            for corner in range(1, 4):
+                target.addcmul_(neighbours[corner], weights[view_index, corner])
+
+    jobs = [(sample, view_index, position) for sample in range(batch) for view_index, position in enumerate(positions)]
+    workers = min(torch.get_num_threads(), len(jobs))
+    # The views go to `torch.get_num_threads()` Python threads (torch releases the GIL in its kernels): the gathers
+    # have no multi-threaded CPU kernel, and a view's elementwise ops are too small for intra-op threads to pay off.
+    # Views write disjoint slices of `out`; a differentiable call stays on this thread (autograd records in-place
+    # writes to one tensor, which must not race).
+    if workers > 1 and erp.device.type == "cpu" and not (erp.requires_grad and torch.is_grad_enabled()):
+        list(_thread_pool(workers).map(sample_view, jobs))
+    else:
+        for job in jobs:
+            sample_view(job)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    # A forked child (e.g. a DataLoader worker) has the parent's pools but none of their threads, and maybe a lock
+    # held by a thread that does not exist there.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads, one per thread count in use; never shut down, as another thread may use it."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="panovlm-views")
+        return _POOLS[workers]
 
 
 @lru_cache(maxsize=GRID_CACHE_SIZE)

@@ -1,6 +1,7 @@
 """The batched ERP sampler against py360convert, analytic references and exact symmetries of the sphere."""
 
 import math
+import multiprocessing
 
 import numpy as np
 import py360convert
@@ -192,6 +193,18 @@ def test_resize_view(erp_float):
     np.testing.assert_allclose(views[0, 0].numpy(), pil_bilinear_resize(erp_float, SIZE, SIZE), atol=1e-4)
 
 
+@pytest.mark.parametrize("strategy", ["resize", "anyres_e2p"])
+def test_uint8_whole_panorama_views_are_whole_grey_levels_near_the_float_resize(erp_float, strategy):
+    layout = build_view_layout(strategy, 90.0, 0.5)
+    erp = np.round(erp_float * 255).astype(np.uint8)
+    channels_last = sample_views(to_chw(erp), layout, SIZE)[0, 0]  # a view of the (H, W, 3) array
+    channels_first = sample_views(to_chw(erp).contiguous(), layout, SIZE)[0, 0]
+    exact = sample_views(to_chw(erp).float(), layout, SIZE)[0, 0]
+    torch.testing.assert_close(channels_last, channels_first, rtol=0, atol=0)
+    assert torch.equal(channels_last, channels_last.round())
+    assert (channels_last - exact).abs().max() <= 1
+
+
 @pytest.mark.parametrize("strategy", ["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window"])
 def test_constant_erp_gives_constant_views(strategy):
     fov, overlap = (90.0, 0.0) if strategy == "cubemap" else (90.0, 0.5)
@@ -210,6 +223,45 @@ def test_batch_equals_single_images(erp_float):
     batch = sample_views(torch.stack([first, second]), layout, SIZE)
     torch.testing.assert_close(batch[0], sample_views(first, layout, SIZE)[0], rtol=0, atol=0)
     torch.testing.assert_close(batch[1], sample_views(second, layout, SIZE)[0], rtol=0, atol=0)
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count for one test and restore it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_views_on_several_threads_equal_one_thread(erp_float, torch_threads):
+    layout = build_view_layout("anyres_e2p", 90.0, 0.5)
+    erp = torch.stack([to_chw(np.round(erp_float * 255).astype(np.uint8))] * 2)
+    torch_threads(1)
+    serial = sample_views(erp, layout, SIZE)
+    torch_threads(3)  # more threads than cores is allowed and must not change a value
+    assert torch.equal(sample_views(erp, layout, SIZE), serial)
+
+
+def _sample_in_child(queue):
+    erp = torch.zeros(3, 32, 64, dtype=torch.uint8)
+    queue.put(tuple(sample_views(erp, build_view_layout("e2p", 90.0, 0.5), 8).shape))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_a_forked_child_samples_views_after_its_parent_did(erp_float, torch_threads):
+    """The child inherits the parent's thread pool object but none of its threads (a DataLoader worker's case)."""
+    torch_threads(2)
+    sample_views(to_chw(erp_float), build_view_layout("e2p", 90.0, 0.5), 8)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_sample_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "sampling views in a forked child hung"
+    assert queue.get(timeout=5) == (1, 8, 3, 8, 8)
 
 
 def test_dtypes(erp_float):

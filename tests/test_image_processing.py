@@ -197,7 +197,7 @@ def test_views_match_py360convert_after_normalisation(rgb):
 
 def test_rescale_and_normalize_switches(rgb):
     image_processor = processor("anyres_e2p")
-    raw = sample_views(load_panorama(rgb), image_processor.view_layout, 32)
+    raw = sample_views(load_panorama(rgb, keep_uint8=True), image_processor.view_layout, 32)
     torch.testing.assert_close(image_processor(rgb, do_rescale=False, do_normalize=False)["pixel_values"], raw)
     torch.testing.assert_close(image_processor(rgb, do_normalize=False)["pixel_values"], raw / 255)
     torch.testing.assert_close(image_processor(rgb)["pixel_values"], (raw / 255 - 0.5) / 0.5)
