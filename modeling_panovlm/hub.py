@@ -262,6 +262,13 @@ def build_adapter_card(repo_id: str, base_model_repo_id: str, adapter_config: di
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
+def write_adapter_card(directory: str | os.PathLike) -> None:
+    """Replace the template README that PEFT saves next to an adapter by `build_adapter_card`'s card."""
+    directory = Path(directory)
+    adapter = json.loads((directory / "adapter_config.json").read_text())
+    build_adapter_card(directory.name, adapter["base_model_name_or_path"], adapter).save(directory / "README.md")
+
+
 def push_adapter_to_hub(
     peft_model,
     repo_id: str,
@@ -322,4 +329,12 @@ def push_adapter_to_hub(
         )
 
 
-__all__ = ["PANOVLM_TAGS", "build_adapter_card", "build_model_card", "hub_repo_id", "push_adapter_to_hub", "push_to_hub"]
+__all__ = [
+    "PANOVLM_TAGS",
+    "build_adapter_card",
+    "build_model_card",
+    "hub_repo_id",
+    "push_adapter_to_hub",
+    "push_to_hub",
+    "write_adapter_card",
+]

@@ -9,7 +9,6 @@ people: `<split>_data_report.json` (rows dropped and why), `trainer_state.json` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import types
 import typing
@@ -34,7 +33,7 @@ from processing_panovlm.caption_data import (
 )
 from processing_panovlm.collator import PanoVLMDataCollator
 
-from .hub import build_adapter_card
+from .hub import write_adapter_card
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config
 from .losses import VICRegWeights
 from .training import STAGES, PanoVLMStageCallback, PanoVLMTrainer
@@ -224,9 +223,7 @@ def run_stage(options: StageOptions) -> Path:
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
-            adapter = json.loads((output_dir / "adapter_config.json").read_text())
-            card = build_adapter_card(output_dir.name, adapter["base_model_name_or_path"], adapter)
-            card.save(output_dir / "README.md")
+            write_adapter_card(output_dir)
     return output_dir
 
 

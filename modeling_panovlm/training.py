@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .hub import write_adapter_card
 from .losses import VICRegWeights, overlap_vicreg_loss
 
 
@@ -139,6 +142,12 @@ class PanoVLMStageCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.collator is not None:
             self.collator.epoch = int(state.epoch or 0)
+
+    def on_save(self, args, state, control, **kwargs):
+        # Checkpoints of a LoRA stage get the adapter card of the final output, not PEFT's template.
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.spec.lora and state.is_world_process_zero and (checkpoint / "adapter_config.json").is_file():
+            write_adapter_card(checkpoint)
 
 
 class PanoVLMTrainer(Trainer):

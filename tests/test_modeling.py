@@ -151,7 +151,7 @@ def test_panorama_encoding_is_periodic_in_yaw_and_shared_by_overlapping_columns(
 
 
 def test_stitching_keeps_each_direction_once():
-    batch, views, rows, cols = 1, 8, 2, 4
+    views, rows, cols = 8, 2, 4
     layout = build_view_layout("e2p", 90.0, 0.5)
     yaw, _ = layout.token_directions((rows, cols))
     tokens = torch.from_numpy(yaw).reshape(1, views, rows, cols, 1)

@@ -328,6 +328,8 @@ def test_stage_outputs_and_trainer_checkpoints_load_with_the_auto_classes(runs, 
         assert isinstance(AutoProcessor.from_pretrained(directory), PanoVLMProcessor)
         if stage == "finetune":
             assert (directory / "adapter_config.json").is_file() and hasattr(model, "peft_config")
+            card = (directory / "README.md").read_text()  # checkpoints too get our card, not PEFT's template
+            assert "library_name: peft" in card and "More Information Needed" not in card, directory
         else:
             assert model.config.training_stage == stage
             assert {"config.json", "generation_config.json", "model.safetensors"} <= {p.name for p in directory.iterdir()}
