@@ -133,8 +133,8 @@ class _SelectiveScanCore(torch.autograd.Function):
             carry = None
             for i in reversed(range(chunk_h0.shape[0])):
                 block = (slice(i * steps, (i + 1) * steps), slice(n0, n1))
-                dt_b, du_b, B_b, grad_y_b = dt[block], du[block], B[block].unsqueeze(2), grad_y[block]
-                states, decay = _chunk_states(dt_b, du_b, A_log2, B[block], chunk_h0[i, n0:n1])
+                dt_b, du_b, B_b, grad_y_b = dt[block], du[block], B[block], grad_y[block]
+                states, decay = _chunk_states(dt_b, du_b, A_log2, B_b, chunk_h0[i, n0:n1])
                 torch.matmul(grad_y_b.unsqueeze(2), states[1:], out=grad_C[block].unsqueeze(2))
                 # dLoss/dh_t = grad_y_t * C_t + exp(dt_{t+1} * A) * dLoss/dh_{t+1}: the recurrence run backwards.
                 grad_h = grad_y_b.unsqueeze(3) * C[block].unsqueeze(2)
@@ -144,7 +144,7 @@ class _SelectiveScanCore(torch.autograd.Function):
                 for t in range(grad_h.shape[0] - 2, -1, -1):
                     step_grad[t].addcmul_(step_decay[t + 1], step_grad[t + 1])
                 carry = decay[0] * grad_h[0]
-                torch.sum(grad_h * B_b, dim=-1, out=grad_du[block])
+                torch.sum(grad_h * B_b.unsqueeze(2), dim=-1, out=grad_du[block])
                 torch.matmul(du_b.unsqueeze(2), grad_h, out=grad_B[block].unsqueeze(2))
                 # Gradient wrt the exponent dt_t * A, written over grad_h, which is not needed any more.
                 grad_exponent = grad_h.mul_(states[:-1]).mul_(decay)

@@ -145,9 +145,8 @@ class PanoVLMStageCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         # Checkpoints of a LoRA stage get the adapter card of the final output, not PEFT's template.
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if self.spec.lora and state.is_world_process_zero and (checkpoint / "adapter_config.json").is_file():
-            write_adapter_card(checkpoint)
+        if self.spec.lora and state.is_world_process_zero:
+            write_adapter_card(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 class PanoVLMTrainer(Trainer):

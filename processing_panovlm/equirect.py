@@ -20,7 +20,7 @@ The padded image is never built: a sampling plan, computed once per (views, ERP 
 float64 and cached, holds the source pixel of each output pixel's four neighbours (found by padding an image of
 pixel indices) and their bilinear weights. Each view is then four gathers per channel straight from the input's
 memory and a weighted sum, so a uint8 panorama (e.g. a channels-last numpy array) is never converted to float as a
-whole; only the gathered values are.
+whole; only the gathered values are. On CPU the views are spread over `torch.get_num_threads()` Python threads.
 
 The whole-panorama views (`letterbox`, `resize`'s 360 x 180 degree view) are antialiased bilinear resizes. A uint8
 ERP goes through torch's uint8 kernel (the one torchvision uses for 8-bit images, 3-5x faster than any float path
@@ -234,13 +234,13 @@ def _sample_into(out: torch.Tensor, erp: torch.Tensor, views: tuple[ViewSpec, ..
                 target.addcmul_(neighbours[corner], weights[view_index, corner])
 
     jobs = [(sample, view_index, position) for sample in range(batch) for view_index, position in enumerate(positions)]
-    workers = min(torch.get_num_threads(), len(jobs))
+    threads = torch.get_num_threads()
     # The views go to `torch.get_num_threads()` Python threads (torch releases the GIL in its kernels): the gathers
     # have no multi-threaded CPU kernel, and a view's elementwise ops are too small for intra-op threads to pay off.
     # Views write disjoint slices of `out`; a differentiable call stays on this thread (autograd records in-place
     # writes to one tensor, which must not race).
-    if workers > 1 and erp.device.type == "cpu" and not (erp.requires_grad and torch.is_grad_enabled()):
-        list(_thread_pool(workers).map(sample_view, jobs))
+    if threads > 1 and len(jobs) > 1 and erp.device.type == "cpu" and not (erp.requires_grad and torch.is_grad_enabled()):
+        list(_thread_pool(threads).map(sample_view, jobs))
     else:
         for job in jobs:
             sample_view(job)
@@ -263,7 +263,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of `workers` threads, one per thread count in use; never shut down, as another thread may use it."""
+    """A pool of `workers` threads, one per torch thread count in use; never shut down, as another thread may
+    be using it."""
     with _POOLS_LOCK:
         if workers not in _POOLS:
             _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="panovlm-views")

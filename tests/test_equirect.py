@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from configuration_panovlm.view_layout import ViewLayout, ViewSpec, build_view_layout
+from processing_panovlm import equirect
 from processing_panovlm.equirect import clear_grid_cache, grid_cache_info, pad_equirect, sample_views
 
 
@@ -233,13 +234,16 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-def test_views_on_several_threads_equal_one_thread(erp_float, torch_threads):
+def test_views_on_several_threads_equal_one_thread(erp_float, torch_threads, monkeypatch):
+    monkeypatch.setattr(equirect, "_POOLS", {})  # the pools this test creates, and only those
     layout = build_view_layout("anyres_e2p", 90.0, 0.5)
     erp = torch.stack([to_chw(np.round(erp_float * 255).astype(np.uint8))] * 2)
     torch_threads(1)
     serial = sample_views(erp, layout, SIZE)
+    assert equirect._POOLS == {}  # one thread: sampled in the caller's thread
     torch_threads(3)  # more threads than cores is allowed and must not change a value
     assert torch.equal(sample_views(erp, layout, SIZE), serial)
+    assert list(equirect._POOLS) == [3]
 
 
 def _sample_in_child(queue):
