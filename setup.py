@@ -4,6 +4,7 @@ from pathlib import Path
 
 from setuptools import setup
 
+
 # Caption metrics: pycocoevalcap ships the PTB tokenizer and METEOR 1.5 jars (they need Java; without it the
 # pure-Python paths are used); nltk and rouge-score compute the PanoLLaVA-compatible "panollava" metrics style.
 METRICS_REQUIRES = ["pycocoevalcap>=1.2", "nltk>=3.9", "rouge-score>=0.1.2"]

@@ -47,7 +47,7 @@ def build_models(d_state: int, hidden: int, depth: int, seed: int = 0):
     from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
 
     from configuration_panovlm.configuration_panovlm import PanoVLMResamplerConfig
-    from modeling_panovlm.bimamba import BiMambaResampler
+    from modeling_panovlm.resampler_bimamba import BiMambaResampler
 
     config = PanoVLMResamplerConfig(
         resampler_type="bimamba", hidden_dim=hidden, depth=depth, latent_dimension=hidden, d_state=d_state,

@@ -52,7 +52,11 @@ PARAPHRASES = (
 
 def build_table(root: Path, num_images: int, seed: int = 0) -> tuple[Path, dict]:
     """QuIC-360-shaped CSV: 3 queries per panorama, 4-6 references per (image, query)."""
-    from processing_panovlm.synthetic_panoramas import random_scene, render_panorama, scene_rows
+    from modeling_panovlm.testing.synthetic_panoramas import (
+        random_scene,
+        render_panorama,
+        scene_rows,
+    )
 
     rng = random.Random(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,7 @@ def per_row_captions(model, processor, table, batch_size: int, config) -> tuple[
     """The baseline: one `generate` per row, in batches of rows, straight from the processor."""
     import torch
 
-    from processing_panovlm.caption_data import build_messages
+    from processing_panovlm.data.captions import build_messages
 
     captions, generations = [], 0
     for first in range(0, len(table), batch_size):
@@ -110,9 +114,14 @@ def main(argv=None) -> None:
 
     import torch
 
-    from modeling_panovlm.evaluation import generate_captions, greedy_generation_config, group_rows, load_model_and_processor
-    from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
-    from processing_panovlm.caption_data import load_caption_table, scan_images
+    from modeling_panovlm.evaluation import (
+        generate_captions,
+        greedy_generation_config,
+        group_rows,
+        load_model_and_processor,
+    )
+    from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+    from processing_panovlm.data.captions import load_caption_table, scan_images
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

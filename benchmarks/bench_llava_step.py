@@ -44,11 +44,15 @@ SIZES = {
 
 def build_pair(size: str, seed: int = 0):
     import torch
-    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from modeling_panovlm import PanoVLMForConditionalGeneration
-    from modeling_panovlm.tiny_checkpoint import tiny_config
-    from processing_panovlm.tiny_tokenizer import build_tiny_tokenizer
+    from modeling_panovlm.testing.tiny_checkpoint import tiny_config
+    from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     config = tiny_config(tokenizer, resampler_type="mlp", crop_strategy="anyres_e2p", stitching_mode="concat",
@@ -80,7 +84,7 @@ def make_inputs(tokenizer, config, batch: int, seed: int = 0):
     """Token ids with `num_image_tokens` placeholders per prompt, views for PanoVLM and for LLaVA, labels."""
     import torch
 
-    from processing_panovlm.caption_data import build_messages
+    from processing_panovlm.data.captions import build_messages
     from processing_panovlm.processing_panovlm import PanoVLMProcessor
 
     processor = PanoVLMProcessor.from_model_config(config, tokenizer)

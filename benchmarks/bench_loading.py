@@ -51,7 +51,7 @@ def build_checkpoints(preset: str, root: Path) -> dict[str, Path]:
 
     from configuration_panovlm.configuration_panovlm import PanoVLMConfig
     from modeling_panovlm import PanoVLMForConditionalGeneration
-    from processing_panovlm.tiny_tokenizer import build_tiny_tokenizer
+    from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     (v_hidden, v_layers, v_mlp), (t_hidden, t_layers, t_mlp) = PRESETS[preset]["vision"], PRESETS[preset]["text"]

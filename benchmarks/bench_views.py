@@ -207,8 +207,8 @@ def _perspective_views(method, erp, layout, size, crop_strategy, overlap) -> np.
         import torch
 
         from configuration_panovlm.view_layout import ViewLayout
-        from processing_panovlm.image_processing_panovlm import PanoVLMImageProcessor
         from processing_panovlm.equirect import sample_views
+        from processing_panovlm.image_processing_panovlm import PanoVLMImageProcessor
 
         if erp.dtype == np.uint8:  # the full processor, normalisation undone
             processor = PanoVLMImageProcessor(
@@ -244,7 +244,10 @@ def make_panorama(height: int, cache_dir: Path) -> Path:
     if not path.exists():
         import random
 
-        from processing_panovlm.synthetic_panoramas import random_scene, render_panorama
+        from modeling_panovlm.testing.synthetic_panoramas import (
+            random_scene,
+            render_panorama,
+        )
 
         objects = random_scene(random.Random(1), num_objects=4, seam_probability=1.0)
         np.save(path, np.asarray(render_panorama(objects, height=height, seed=1)))

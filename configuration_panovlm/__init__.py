@@ -1,9 +1,24 @@
-"""PanoVLM configuration classes and panorama view geometry."""
+"""PanoVLM configuration classes and panorama view geometry: the lowest layer, importing nothing else of PanoVLM.
+
+Importing it registers the PanoVLM configs with `AutoConfig`; `import processing_panovlm` adds the image processor
+and processor, `import modeling_panovlm` adds the models (and imports the other two).
+"""
 
 from transformers import AutoConfig
 
-from .configuration_panovlm import SUPPORTED_VISION_MODEL_TYPES, PanoVLMConfig, PanoVLMResamplerConfig
-from .view_layout import CROP_STRATEGIES, STITCHING_MODES, ViewLayout, ViewSpec, build_view_layout, infer_token_grid
+from .configuration_panovlm import (
+    SUPPORTED_VISION_MODEL_TYPES,
+    PanoVLMConfig,
+    PanoVLMResamplerConfig,
+)
+from .view_layout import (
+    CROP_STRATEGIES,
+    STITCHING_MODES,
+    ViewLayout,
+    ViewSpec,
+    build_view_layout,
+    infer_token_grid,
+)
 
 
 AutoConfig.register(PanoVLMConfig.model_type, PanoVLMConfig, exist_ok=True)
@@ -20,8 +35,3 @@ __all__ = [
     "build_view_layout",
     "infer_token_grid",
 ]
-
-# Importing any PanoVLM package registers every Auto class (config, models, image processor, processor). The two
-# packages below import only the submodules defined above, which are complete at this point.
-import modeling_panovlm  # noqa: E402, F401
-import processing_panovlm  # noqa: E402, F401

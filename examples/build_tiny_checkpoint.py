@@ -11,7 +11,7 @@ import logging
 
 from configuration_panovlm import CROP_STRATEGIES
 from modeling_panovlm import RESAMPLERS
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import logging
 import sys
 
 from configuration_panovlm import CROP_STRATEGIES
-from modeling_panovlm.legacy_conversion import (
+from modeling_panovlm.conversion.panollava import (
     ConversionReport,
     LegacyConversionError,
     load_legacy_run,

@@ -26,11 +26,19 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_panovlm  # noqa: F401  (registers the PanoVLM Auto classes)
 from modeling_panovlm import RESAMPLERS
-from modeling_panovlm.evaluation import generate_captions, greedy_generation_config, group_rows
-from modeling_panovlm.stage_runner import StageOptions, run_stage
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
-from processing_panovlm.caption_data import build_messages, load_caption_table
-from processing_panovlm.synthetic_panoramas import synthetic_accuracy, synthetic_answer_key, write_synthetic_dataset
+from modeling_panovlm.evaluation import (
+    generate_captions,
+    greedy_generation_config,
+    group_rows,
+)
+from modeling_panovlm.testing.synthetic_panoramas import (
+    synthetic_accuracy,
+    synthetic_answer_key,
+    write_synthetic_dataset,
+)
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.training.runner import StageOptions, run_stage
+from processing_panovlm.data.captions import build_messages, load_caption_table
 
 
 # Four 120-degree views a quarter turn apart (30 degrees shared with each neighbour, for the vision stage), 3x3

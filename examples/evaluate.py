@@ -24,7 +24,7 @@ from modeling_panovlm.evaluation import (
     load_model_and_processor,
     write_evaluation_outputs,
 )
-from processing_panovlm.caption_metrics import PROTOCOLS, read_predictions
+from modeling_panovlm.evaluation.metrics import PROTOCOLS, read_predictions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

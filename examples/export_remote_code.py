@@ -10,13 +10,13 @@ DIR is a directory written by `save_pretrained` (a model, a processor, or both, 
     AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)
     AutoProcessor.from_pretrained(DIR, trust_remote_code=True)
 
-Upload DIR as it is, or push with `model.push_to_hub(repo_id, processor=processor, export_remote_code=True)`.
+Upload DIR as it is, or push with `modeling_panovlm.hub.push_to_hub(repo_id, model, processor, export_remote_code=True)`.
 """
 
 import argparse
 import logging
 
-from modeling_panovlm.remote_code import export_remote_code
+from modeling_panovlm.hub.remote_code import export_remote_code
 
 
 def main() -> None:

@@ -12,9 +12,13 @@ from threading import Thread
 
 from transformers import TextIteratorStreamer
 
-from modeling_panovlm.evaluation import DEFAULT_MAX_NEW_TOKENS, greedy_generation_config, load_model_and_processor
-from processing_panovlm.caption_data import build_messages
-from processing_panovlm.view_visualization import render_view_overview
+from modeling_panovlm.evaluation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    greedy_generation_config,
+    load_model_and_processor,
+)
+from processing_panovlm.data.captions import build_messages
+from processing_panovlm.visualization.views import render_view_overview
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ degree seam). Rows ask where a colour is ("red object"), what is in a direction 
 
 import argparse
 
-from processing_panovlm.synthetic_panoramas import write_synthetic_dataset
+from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
 
 
 def main() -> None:

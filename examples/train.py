@@ -9,7 +9,7 @@ All stages from a run file (each stage starts from the previous stage's output, 
 
     python examples/train.py --config stages.yaml [--any-flag value ...]   # flags override the file's top level
 
-Every flag is a field of `modeling_panovlm.stage_runner.StageOptions` (`--help` lists them). Two processes on
+Every flag is a field of `modeling_panovlm.training.runner.StageOptions` (`--help` lists them). Two processes on
 CPU, or several GPUs: `accelerate launch --multi_gpu --num_processes 2 examples/train.py ...` (on CPU this uses
 the gloo backend). DeepSpeed: `--deepspeed ds_config.json`; FSDP: `--trainer-args '{"fsdp": "full_shard"}'`.
 """
@@ -24,7 +24,11 @@ import typing
 
 import torch.distributed as dist
 
-from modeling_panovlm.stage_runner import StageOptions, run_stage, stage_options_from_yaml
+from modeling_panovlm.training.runner import (
+    StageOptions,
+    run_stage,
+    stage_options_from_yaml,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

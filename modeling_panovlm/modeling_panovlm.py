@@ -10,45 +10,29 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
-from configuration_panovlm.configuration_panovlm import PanoVLMConfig, PanoVLMResamplerConfig
+from configuration_panovlm.configuration_panovlm import (
+    PanoVLMConfig,
+    PanoVLMResamplerConfig,
+)
 
+from .outputs import PanoVLMCausalLMOutputWithPast, PanoVLMModelOutputWithPast
 from .panorama import PanoramaPositionalEncoding, stitch_views, token_grid_check
 from .resamplers import build_resampler
 
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PanoVLMModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus `image_hidden_states`: `(batch, num_image_tokens, text_hidden)` projected and
-    stitched image features, when `pixel_values` was given; and `view_embeddings`: `(batch, views, rows, columns,
-    vicreg_projector_dim)` when only `pixel_values` was given (the vision training stage)."""
-
-    image_hidden_states: torch.Tensor | None = None
-    view_embeddings: torch.Tensor | None = None
-
-
-@dataclass
-class PanoVLMCausalLMOutputWithPast(ModelOutput):
-    """Language-modelling output: `loss` (when `labels` are given), `logits` `(batch, seq, vocab)`, cache, optional
-    hidden states/attentions, and `image_hidden_states` / `view_embeddings` as in `PanoVLMModelOutputWithPast`."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    image_hidden_states: torch.Tensor | None = None
-    view_embeddings: torch.Tensor | None = None
 
 
 class VICRegProjector(nn.Module):
@@ -85,13 +69,6 @@ class PanoVLMPreTrainedModel(PreTrainedModel):
         # Our modules with raw parameters/buffers (Mamba SSM tensors, learned queries, the PE table) say how.
         if hasattr(module, "init_weights_"):
             module.init_weights_(self.config.initializer_range)
-
-    def push_to_hub(self, repo_id: str, *, processor=None, export_remote_code: bool = False, **kwargs):
-        """Push with a PanoVLM model card, optionally with `processor` and the remote-code export in the same commit;
-        see `modeling_panovlm.hub.push_to_hub`."""
-        from .hub import push_to_hub  # here, not at the top: the remote-code export leaves this method out
-
-        return push_to_hub(repo_id, self, processor, export_remote_code=export_remote_code, **kwargs)
 
 
 class PanoVLMModel(PanoVLMPreTrainedModel):

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 try:
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _kernel_selective_scan
+    from mamba_ssm.ops.selective_scan_interface import (
+        selective_scan_fn as _kernel_selective_scan,
+    )
 except ImportError:
     _kernel_selective_scan = None
 

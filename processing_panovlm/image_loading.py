@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+
 PanoramaInput = Union[Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
 
 # 1: grey, 2: grey + alpha, 3: RGB, 4: RGBA.

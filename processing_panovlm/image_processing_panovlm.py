@@ -10,10 +10,19 @@ from transformers.image_processing_base import ImageProcessingMixin
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from configuration_panovlm.view_layout import ViewLayout, build_view_layout, normalize_yaw
+from configuration_panovlm.view_layout import (
+    ViewLayout,
+    build_view_layout,
+    normalize_yaw,
+)
 
 from .equirect import sample_views
-from .image_loading import PanoramaImageError, PanoramaInput, is_unit_range_image, load_panorama
+from .image_loading import (
+    PanoramaImageError,
+    PanoramaInput,
+    is_unit_range_image,
+    load_panorama,
+)
 
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)

@@ -119,13 +119,6 @@ class PanoVLMProcessor(ProcessorMixin):
             stitching_mode=config.stitching_mode,
         )
 
-    def push_to_hub(self, repo_id: str, *, export_remote_code: bool = False, **kwargs):
-        """Push the processor; `export_remote_code=True` adds the remote-code modules and `auto_map` (see
-        `modeling_panovlm.hub.push_to_hub`)."""
-        from modeling_panovlm.hub import push_to_hub  # here, not at the top: the remote-code export leaves this out
-
-        return push_to_hub(repo_id, processor=self, export_remote_code=export_remote_code, **kwargs)
-
     @property
     def num_image_tokens(self) -> int:
         """Image tokens each panorama's placeholder expands to."""

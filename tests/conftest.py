@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
-from processing_panovlm.synthetic_panoramas import SceneObject, render_panorama
+from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from configuration_panovlm.configuration_panovlm import PanoVLMResamplerConfig
-from modeling_panovlm.attention_resamplers import PerceiverResampler, QFormerResampler, ResamplerAttention
+from modeling_panovlm.resampler_attention import ResamplerAttention
+from modeling_panovlm.resampler_perceiver import PerceiverResampler
+from modeling_panovlm.resampler_qformer import QFormerResampler
 
 
 KINDS = ("perceiver", "qformer")

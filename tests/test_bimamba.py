@@ -14,8 +14,16 @@ from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 
 from configuration_panovlm.configuration_panovlm import PanoVLMResamplerConfig
-from modeling_panovlm.bimamba import BiMambaBlock, BiMambaResampler, MambaMixer
-from modeling_panovlm.selective_scan import selective_scan, selective_scan_reference, selective_scan_torch
+from modeling_panovlm.resampler_bimamba import (
+    BiMambaBlock,
+    BiMambaResampler,
+    MambaMixer,
+)
+from modeling_panovlm.selective_scan import (
+    selective_scan,
+    selective_scan_reference,
+    selective_scan_torch,
+)
 
 
 # The module itself (a package `__init__` may re-export the function under the same name), for monkeypatching.

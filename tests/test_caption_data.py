@@ -5,14 +5,14 @@ import json
 import pytest
 from PIL import Image
 
-from processing_panovlm.caption_data import (
+from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
+from processing_panovlm.data.captions import (
     DEFAULT_SYSTEM_PROMPT,
     build_messages,
     load_caption_table,
     scan_images,
     write_data_report,
 )
-from processing_panovlm.synthetic_panoramas import SceneObject, render_panorama
 
 
 @pytest.fixture

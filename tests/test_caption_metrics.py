@@ -10,16 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from processing_panovlm import caption_metrics, caption_scorers, ptb_tokenizer
-from processing_panovlm.caption_metrics import (
+from modeling_panovlm.evaluation.metrics import (
     PredictionRow,
     evaluation_units,
     read_predictions,
     score_predictions,
     write_predictions,
 )
-from processing_panovlm.caption_scorers import bleu, cider_d, rouge_l, spice_unavailable_reason
-from processing_panovlm.ptb_tokenizer import python_ptb_tokenize
+from modeling_panovlm.evaluation.ptb_tokenizer import python_ptb_tokenize
+from modeling_panovlm.evaluation.scorers import (
+    bleu,
+    cider_d,
+    rouge_l,
+    spice_unavailable_reason,
+)
+from processing_panovlm import caption_metrics, caption_scorers, ptb_tokenizer
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,7 +4,12 @@ import json
 
 import pytest
 
-from configuration_panovlm import PanoVLMConfig, PanoVLMResamplerConfig, build_view_layout, infer_token_grid
+from configuration_panovlm import (
+    PanoVLMConfig,
+    PanoVLMResamplerConfig,
+    build_view_layout,
+    infer_token_grid,
+)
 
 
 TINY_VISION = {

@@ -11,7 +11,12 @@ from PIL import Image
 
 from configuration_panovlm.view_layout import ViewLayout, ViewSpec, build_view_layout
 from processing_panovlm import equirect
-from processing_panovlm.equirect import clear_grid_cache, grid_cache_info, pad_equirect, sample_views
+from processing_panovlm.equirect import (
+    clear_grid_cache,
+    grid_cache_info,
+    pad_equirect,
+    sample_views,
+)
 
 
 HEIGHT, WIDTH, SIZE = 256, 512, 64

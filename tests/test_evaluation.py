@@ -19,8 +19,12 @@ from modeling_panovlm.evaluation import (
     greedy_generation_config,
     group_rows,
 )
-from processing_panovlm.caption_data import build_messages, load_caption_table
-from processing_panovlm.synthetic_panoramas import SceneObject, describe_scene, render_panorama
+from modeling_panovlm.testing.synthetic_panoramas import (
+    SceneObject,
+    describe_scene,
+    render_panorama,
+)
+from processing_panovlm.data.captions import build_messages, load_caption_table
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -162,7 +166,7 @@ def run_cli(*args):
 
 
 def test_evaluate_cli_generates_then_rescores_predictions(table_dir, tmp_path):
-    from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+    from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
     build_tiny_checkpoint(tmp_path / "tiny")
     out = tmp_path / "out"

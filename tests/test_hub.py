@@ -1,5 +1,5 @@
-"""Hub round trip against a real HTTP server (`tests/hub_server.py`): `model.push_to_hub`, `processor.push_to_hub`
-and an adapter push from one process, then `from_pretrained(repo)` in a fresh process gives identical logits,
+"""Hub round trip against a real HTTP server (`tests/hub_server.py`): `modeling_panovlm.hub.push_to_hub` (model,
+processor and card in one commit), the inherited `processor.push_to_hub` (keeps the card) and an adapter push from one process, then `from_pretrained(repo)` in a fresh process gives identical logits,
 processor outputs and adapter weights; `snapshot_download`, then an offline reload with `HF_HUB_OFFLINE=1`.
 
 The client code runs in subprocesses because `HF_ENDPOINT` is read when `huggingface_hub` is imported.
@@ -19,8 +19,8 @@ from peft import get_peft_model, get_peft_model_state_dict
 from transformers import AutoModelForImageTextToText
 
 from modeling_panovlm.hub import build_model_card, hub_repo_id
-from modeling_panovlm.lora import lm_lora_config
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.training.lora import lm_lora_config
 
 from .hub_server import LocalHub
 
@@ -31,15 +31,15 @@ PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text
 PUSH = """
 import json, sys
 import modeling_panovlm
-from modeling_panovlm.hub import push_adapter_to_hub
+from modeling_panovlm.hub import push_adapter_to_hub, push_to_hub
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 args = json.loads(sys.argv[1])
 model = AutoModelForImageTextToText.from_pretrained(args["model_dir"])
 processor = AutoProcessor.from_pretrained(args["model_dir"])
-model.push_to_hub(args["repo"])
-processor.push_to_hub(args["repo"])
+push_to_hub(args["repo"], model, processor)
+processor.push_to_hub(args["repo"])  # transformers' own method: updates the processor, keeps our card
 peft_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(args["model_dir"]), args["adapter_dir"])
 try:
     push_adapter_to_hub(peft_model, args["adapter_repo"])

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from configuration_panovlm.view_layout import ViewSpec
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from processing_panovlm.image_processing_panovlm import PanoVLMImageProcessor
-from processing_panovlm.synthetic_panoramas import SceneObject, render_panorama
-from processing_panovlm.view_visualization import (
+from processing_panovlm.visualization.views import (
     VIEW_COLOURS,
     draw_view_footprints,
     render_view_overview,

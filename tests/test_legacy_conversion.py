@@ -15,14 +15,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from modeling_panovlm.legacy_conversion import (
-    LegacyConversionError,
-    _salvage_json,
-    load_legacy_run,
-    plan_conversion,
-    write_conversion,
-)
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.conversion.legacy_run import LegacyConversionError, load_legacy_run, salvage_json
+from modeling_panovlm.conversion.panollava import plan_conversion, write_conversion
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 
 CLI = Path(__file__).resolve().parents[1] / "examples" / "convert_panollava_checkpoint.py"
@@ -279,5 +274,5 @@ def test_mlp_resampler_layers_are_renumbered(tmp_path, tiny):
 
 def test_truncated_json_is_salvaged_up_to_the_cut():
     text = '{\n  "a": "x, {y}",\n  "b": {\n    "c": "q\\"uote",\n    "d": [1, 2],\n    "e": '
-    assert _salvage_json(text) == {"a": "x, {y}", "b": {"c": 'q"uote', "d": [1, 2]}}
-    assert _salvage_json('{"only": ') == {}
+    assert salvage_json(text) == {"a": "x, {y}", "b": {"c": 'q"uote', "d": [1, 2]}}
+    assert salvage_json('{"only": ') == {}

@@ -8,7 +8,7 @@ import torch
 from configuration_panovlm import build_view_layout
 from modeling_panovlm import PanoVLMForConditionalGeneration
 from modeling_panovlm.panorama import panorama_encoding, stitch_views
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 from .conftest import image_prompt_ids
 

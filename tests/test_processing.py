@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from processing_panovlm import PanoVLMProcessor
-from processing_panovlm.synthetic_panoramas import SceneObject, render_panorama
 
 
 def user_turn(text, image=True):

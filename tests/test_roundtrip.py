@@ -12,7 +12,7 @@ import torch
 
 from configuration_panovlm import CROP_STRATEGIES
 from modeling_panovlm import RESAMPLERS
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is on the left?"}]}]
@@ -103,8 +103,15 @@ def test_bf16_load_keeps_mamba_state_tensors_in_fp32(tmp_path):
     assert features.dtype == torch.bfloat16 and torch.isfinite(features.float()).all()
 
 
-@pytest.mark.parametrize("package", ["configuration_panovlm", "modeling_panovlm", "processing_panovlm"])
-def test_importing_any_package_registers_every_auto_class(package):
+@pytest.mark.parametrize(
+    "package, registered",
+    [
+        ("configuration_panovlm", "PanoVLMConfig,-,-,-,-"),
+        ("processing_panovlm", "PanoVLMConfig,-,-,PanoVLMProcessor,PanoVLMImageProcessor"),
+        ("modeling_panovlm", "PanoVLMConfig,PanoVLMModel,PanoVLMForConditionalGeneration,PanoVLMProcessor,PanoVLMImageProcessor"),
+    ],
+)
+def test_importing_a_package_registers_the_auto_classes_of_its_layer(package, registered):
     code = textwrap.dedent(
         f"""
         import {package}
@@ -112,19 +119,24 @@ def test_importing_any_package_registers_every_auto_class(package):
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
         from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
         from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+        def name(lookup):
+            try:
+                return lookup().__name__
+            except KeyError:
+                return "-"
+
         config_cls = CONFIG_MAPPING["panovlm"]
         names = [
             config_cls.__name__,
-            AutoModel._model_mapping[config_cls].__name__,
-            AutoModelForImageTextToText._model_mapping[config_cls].__name__,
-            PROCESSOR_MAPPING[config_cls].__name__,
-            IMAGE_PROCESSOR_MAPPING[config_cls]["pil"].__name__,
+            name(lambda: AutoModel._model_mapping[config_cls]),
+            name(lambda: AutoModelForImageTextToText._model_mapping[config_cls]),
+            name(lambda: PROCESSOR_MAPPING[config_cls]),
+            name(lambda: IMAGE_PROCESSOR_MAPPING[config_cls]["pil"]),
         ]
         print(",".join(names))
         """
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == (
-        "PanoVLMConfig,PanoVLMModel,PanoVLMForConditionalGeneration,PanoVLMProcessor,PanoVLMImageProcessor"
-    )
+    assert result.stdout.strip().splitlines()[-1] == registered

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processing_panovlm.synthetic_panoramas import (
+from modeling_panovlm.testing.synthetic_panoramas import (
     COLOURS,
     SceneObject,
     direction_of,

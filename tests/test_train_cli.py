@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_panovlm  # noqa: F401  (registers the Auto classes)
-from modeling_panovlm.stage_runner import StageOptions, run_stage
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
-from processing_panovlm.synthetic_panoramas import write_synthetic_dataset
+from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.training.runner import StageOptions, run_stage
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_bad_flags_and_run_files_give_clear_errors(workspace, train_module, monk
 
 
 def test_run_file_values_are_type_checked_and_yaml_exponents_read_as_numbers(tmp_path):
-    from modeling_panovlm.stage_runner import stage_options_from_yaml
+    from modeling_panovlm.training.runner import stage_options_from_yaml
 
     config = tmp_path / "stages.yaml"
     # PyYAML reads `1e-4` (no dot) as a string; it is meant as a number.
@@ -204,7 +204,7 @@ def test_two_cpu_processes_split_the_data_stay_in_sync_and_match_one_process(wor
 
 
 def test_the_example_run_file_describes_three_valid_stages_in_order():
-    from modeling_panovlm.stage_runner import stage_options_from_yaml
+    from modeling_panovlm.training.runner import stage_options_from_yaml
 
     stages = stage_options_from_yaml(ROOT / "examples" / "stages.yaml", {"model": "m", "output_dir": "run"})
     assert [(o.stage, o.model, o.output_dir) for o in stages] == [

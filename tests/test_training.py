@@ -22,17 +22,32 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArg
 import modeling_panovlm  # noqa: F401  (registers the Auto classes)
 from configuration_panovlm import build_view_layout
 from modeling_panovlm import hub
-from modeling_panovlm.lora import lm_lora_config
-from modeling_panovlm.losses import VICRegWeights, overlap_pairs, overlap_vicreg_loss
-from modeling_panovlm.stage_runner import StageOptions, _check_ranks_in_sync, prepare_table, run_stage
-from modeling_panovlm.tiny_checkpoint import build_tiny_checkpoint
-from modeling_panovlm.training import STAGES, PanoVLMStageCallback, PanoVLMTrainer, apply_stage, vision_tower_blocks
-from processing_panovlm.augmentation import PanoramaAugmentation
-from processing_panovlm.caption_data import build_messages, load_caption_table
-from processing_panovlm.collator import IGNORE_INDEX, PanoVLMDataCollator
+from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
+from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+from modeling_panovlm.training import (
+    STAGES,
+    PanoVLMStageCallback,
+    PanoVLMTrainer,
+    apply_stage,
+    vision_tower_blocks,
+)
+from modeling_panovlm.training.lora import lm_lora_config
+from modeling_panovlm.training.losses import (
+    VICRegWeights,
+    overlap_pairs,
+    overlap_vicreg_loss,
+)
+from modeling_panovlm.training.runner import (
+    StageOptions,
+    _check_ranks_in_sync,
+    prepare_table,
+    run_stage,
+)
+from processing_panovlm.data.augmentation import PanoramaAugmentation
+from processing_panovlm.data.captions import build_messages, load_caption_table
+from processing_panovlm.data.collator import IGNORE_INDEX, PanoVLMDataCollator
 from processing_panovlm.image_loading import load_panorama
 from processing_panovlm.processing_panovlm import PanoVLMProcessor
-from processing_panovlm.synthetic_panoramas import write_synthetic_dataset
 
 
 FIELDS = ["url", "query", "annotation"]
@@ -285,7 +300,7 @@ def test_ranks_in_sync_check_raises_when_ranks_diverge(caplog):
         accelerator = SimpleNamespace(num_processes=2, device=torch.device("cpu"), gather=gather)
         return SimpleNamespace(accelerator=accelerator, model=model)
 
-    with caplog.at_level(logging.INFO, logger="modeling_panovlm.stage_runner"):
+    with caplog.at_level(logging.INFO, logger="modeling_panovlm.training.runner"):
         _check_ranks_in_sync(trainer(lambda t: torch.cat([t, t])))
     assert "identical on all 2 ranks" in caplog.text
     with pytest.raises(RuntimeError, match="differ across the 2 ranks"):
@@ -385,7 +400,7 @@ def test_adapter_records_the_previous_stage_and_is_pushed_with_a_hub_base(runs, 
             shutil.copytree(folder_path, uploaded)
             return SimpleNamespace(repo_id=repo_id)
 
-    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    monkeypatch.setattr(hub.push, "HfApi", FakeApi)
     peft_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(runs.resampler), runs.finetune)
     with pytest.raises(ValueError, match="not a Hub repository"):
         hub.push_adapter_to_hub(peft_model, "me/pano-lora")

@@ -13,27 +13,21 @@ placeholder positions of each prompt (`inputs_embeds`), which gives the same gre
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import datasets
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
-from processing_panovlm.caption_data import RowProblem, build_messages, load_caption_table, scan_images
-from processing_panovlm.caption_metrics import PredictionRow, score_predictions, scores_to_dict, write_predictions
+from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
+from processing_panovlm.data.captions import build_messages
 from processing_panovlm.image_loading import PanoramaImageError
-
-from .modeling_panovlm import PanoVLMForConditionalGeneration
 
 
 logger = logging.getLogger(__name__)
@@ -262,157 +256,13 @@ def generate_captions(
     return captions, failures, stats
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
-def _versions() -> dict[str, str | None]:
-    versions = {}
-    for package in ("panovlm", "torch", "transformers", "pycocoevalcap", "nltk", "rouge-score"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def write_evaluation_outputs(
-    output_dir: str | os.PathLike,
-    rows: Sequence[PredictionRow],
-    protocols: Sequence[str] | None = None,
-    metrics_style: str = "coco",
-    problems: Sequence[RowProblem] = (),
-    data: dict | None = None,
-    generation: dict | None = None,
-) -> dict:
-    """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
-    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record.
-    Returns the metrics.json content."""
-    results, tokenizer = score_predictions(rows, protocols, metrics_style)
-    reasons = Counter(problem.reason for problem in problems)
-    summary = {
-        "metrics_style": metrics_style,
-        "tokenizer": tokenizer,
-        "protocols": {name: scores_to_dict(scores) for name, scores in results.items()},
-        "data": {
-            **(data or {}),
-            "rows_scored": len(rows),
-            "rows_dropped": len(problems),
-            "dropped_by_reason": dict(reasons),
-            "dropped_rows": [asdict(problem) for problem in problems],
-        },
-        "generation": generation,
-        "versions": _versions(),
-    }
-    output_dir = Path(output_dir)
-    _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _write_atomically(output_dir / "report.md", render_report(summary))
-    return summary
-
-
-def render_report(summary: dict) -> str:
-    """A short Markdown report of a metrics.json summary: one column per protocol, then the caveats."""
-    protocols = summary["protocols"]
-    names = list(next(iter(protocols.values()))["scores"])
-    lines = [
-        "# PanoVLM caption evaluation",
-        "",
-        f"Metrics style: {summary['metrics_style']}; tokenizer: {summary['tokenizer']}.",
-        "",
-        "| metric | " + " | ".join(f"{name} ({scores['units']} units)" for name, scores in protocols.items()) + " |",
-        "|---|" + "---|" * len(protocols),
-    ]
-    for metric in names:
-        values = [scores["scores"][metric] for scores in protocols.values()]
-        lines.append(f"| {metric} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in values) + " |")
-    unavailable = {metric: reason for scores in protocols.values() for metric, reason in scores["unavailable"].items()}
-    lines += [""] + [f"- {metric} not computed: {reason}" for metric, reason in unavailable.items()]
-    data = summary["data"]
-    dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
-    lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")
-    generation = summary["generation"]
-    if generation:
-        settings = generation["settings"]
-        lines.append(
-            f"- Generations: {generation['generations']} for {generation['images_encoded']} panoramas "
-            f"({settings['decoding']}, max_new_tokens {settings['max_new_tokens']}, {generation['seconds']:.1f} s)."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def evaluate_caption_table(
-    model: PanoVLMForConditionalGeneration,
-    processor,
-    table_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    protocols: Sequence[str] | None = None,
-    metrics_style: str = "coco",
-    max_samples: int | None = None,
-    batch_size: int = 8,
-    generation_config: GenerationConfig | None = None,
-    seed: int | None = None,
-    show_progress: bool = True,
-    log_interval: int | None = None,
-    model_name: str | None = None,
-) -> dict:
-    """Evaluate `model` on a QuIC-360-style table and write `predictions.csv` (one row per reference),
-    `metrics.json` and `report.md` into `output_dir`.
-
-    Rows whose panorama cannot be used, or whose query is empty, are dropped and reported with their reason. One
-    caption is generated per (image, query) group; `max_samples` keeps the first N groups with all their rows.
-    `protocols` defaults to both for the `coco` style and per-row for `panollava`. `seed` seeds sampling (it is
-    recorded; greedy decoding does not need it). Returns the metrics.json content.
-    """
-    table = load_caption_table(table_path)
-    kept, problems = scan_images(table)
-    problems = list(problems)
-    blank = {i for i, query in enumerate(kept["query"]) if not query.strip()}
-    if blank:
-        problems += [
-            RowProblem(kept[i]["row"], kept[i]["url"], "empty query", "the query is empty") for i in sorted(blank)
-        ]
-        kept = kept.select([i for i in range(len(kept)) if i not in blank])
-    groups = group_rows(kept)[:max_samples]
-    config = generation_config or greedy_generation_config(model)
-    if seed is not None:
-        torch.manual_seed(seed)
-    captions, failures, stats = generate_captions(
-        model, processor, groups, batch_size, config, show_progress, log_interval
-    )
-    row_numbers, urls, queries, annotations = (kept[name] for name in ("row", "url", "query", "annotation"))
-    caption_of_row: dict[int, str] = {}
-    for index, group in enumerate(groups):
-        for row in group.rows:
-            if index in failures:
-                problems.append(RowProblem(row_numbers[row], urls[row], "unreadable image", failures[index]))
-            else:
-                caption_of_row[row] = captions[index]
-    if not caption_of_row:
-        raise ValueError(f"no row of {table_path} could be evaluated ({len(problems)} dropped; see the reasons logged)")
-    rows = [PredictionRow(urls[r], queries[r], caption_of_row[r], annotations[r]) for r in sorted(caption_of_row)]
-    write_predictions(Path(output_dir) / "predictions.csv", rows)
-    data = {
-        "source": str(table_path),
-        "rows_read": len(table),
-        "rows_skipped_by_max_samples": len(kept) - sum(len(group.rows) for group in groups),
-    }
-    generation = {"model": model_name, "batch_size": batch_size, **stats, "settings": generation_settings(config, seed)}
-    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation)
-
-
 __all__ = [
     "CaptionGroup",
     "DEFAULT_MAX_NEW_TOKENS",
-    "evaluate_caption_table",
     "generate_captions",
     "generate_from_features",
     "generation_settings",
     "greedy_generation_config",
     "group_rows",
     "load_model_and_processor",
-    "render_report",
-    "write_evaluation_outputs",
 ]

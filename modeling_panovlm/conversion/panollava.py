@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -33,9 +32,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, PreTrainedConfig
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
+from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
+from modeling_panovlm.training.lora import lm_lora_target_regex
 
-from .lora import lm_lora_target_regex
-from .modeling_panovlm import PanoVLMForConditionalGeneration
+from .legacy_run import LegacyConversionError, LegacyRun, find_checkpoint, load_legacy_run
 
 
 logger = logging.getLogger(__name__)
@@ -83,24 +83,6 @@ _PEFT_LM = "language_model.base_model.model."
 _ADAPTER_LM = "base_model.model.model.language_model."
 
 
-class LegacyConversionError(ValueError):
-    """The run cannot be converted as it is; the message names the problem and, where there is one, the fix."""
-
-
-@dataclass
-class LegacyRun:
-    """What a PanoLLaVA run directory holds. `state_dict` keys have the Lightning `model.` prefix removed."""
-
-    run_dir: Path
-    checkpoint: Path
-    state_dict: dict[str, torch.Tensor]
-    hparams: dict[str, Any]
-    datamodule_hparams: dict[str, Any]
-    metadata: dict[str, Any]
-    metadata_status: str  # "complete", "truncated" or "absent"
-    lora_dir: Path | None
-
-
 @dataclass
 class Row:
     """One resolved setting: what the run recorded, what the weights (or tower configs) show, and what is used."""
@@ -139,77 +121,6 @@ class Conversion:
     adapter_state_dict: dict[str, torch.Tensor]
     adapter_config: dict[str, Any] | None
     report: ConversionReport
-
-
-def _salvage_json(text: str) -> dict[str, Any]:
-    """The longest prefix of a truncated JSON object that parses once its open brackets are closed."""
-    cuts, stack, in_string, escaped = [], [], False, False
-    for index, char in enumerate(text):
-        if in_string:
-            escaped, in_string = (False, in_string) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            in_string = True
-        elif char in "{[":
-            stack.append("}" if char == "{" else "]")
-            cuts.append((index + 1, "".join(reversed(stack))))
-        elif char in "}]":
-            stack.pop()
-        elif char == ",":
-            cuts.append((index, "".join(reversed(stack))))
-    for end, closers in reversed(cuts):
-        try:
-            return json.loads(text[:end] + closers)
-        except json.JSONDecodeError:
-            continue
-    return {}
-
-
-def find_checkpoint(run_dir: Path) -> Path:
-    """`best.ckpt`, else `last.ckpt` (files or symlinks), else the most recently written `*.ckpt`."""
-    for name in ("best.ckpt", "last.ckpt"):
-        candidate = run_dir / name
-        if candidate.is_symlink() and not candidate.exists():
-            raise FileNotFoundError(f"{candidate} is a broken link to {os.readlink(candidate)}")
-        if candidate.exists():
-            return candidate
-    checkpoints = sorted(run_dir.glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
-    if not checkpoints:
-        raise FileNotFoundError(f"{run_dir} holds no .ckpt file: is it a PanoLLaVA stage run directory?")
-    return checkpoints[-1]
-
-
-def load_legacy_run(run_dir: str | os.PathLike) -> LegacyRun:
-    """Read a PanoLLaVA run directory (see `find_checkpoint` for which checkpoint). The checkpoint is loaded with
-    `torch.load(weights_only=True)`: PanoLLaVA's checkpoints hold only tensors and plain containers, and full
-    unpickling could run code from the file."""
-    run_dir = Path(run_dir)
-    checkpoint_path = find_checkpoint(run_dir)
-    logger.info("Converting %s (%s)", checkpoint_path, checkpoint_path.resolve().name)
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise LegacyConversionError(
-            f"{checkpoint_path} holds Python objects beyond tensors and plain containers, which "
-            f"torch.load(weights_only=True) refuses ({str(error).strip().splitlines()[-1].strip()}). If you trust "
-            "the file, load it yourself and torch.save its 'state_dict' and hyper-parameters as plain dicts"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise LegacyConversionError(f"{checkpoint_path} is not a Lightning checkpoint: it has no 'state_dict'")
-    state_dict = {key.removeprefix("model."): tensor for key, tensor in checkpoint["state_dict"].items()}
-    metadata_path = run_dir / "checkpoint_metadata.json"
-    metadata, status = {}, "absent"
-    if metadata_path.exists():
-        text = metadata_path.read_text(encoding="utf-8")
-        try:
-            metadata, status = json.loads(text), "complete"
-        except json.JSONDecodeError:
-            metadata, status = _salvage_json(text), "truncated"
-            logger.warning("%s is truncated; read what precedes the cut: %s", metadata_path, sorted(metadata))
-    lora_dir = run_dir / "lora_weights"
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    lora_dir = lora_dir if (lora_dir / "adapter_config.json").exists() else None
-    return LegacyRun(run_dir, checkpoint_path, state_dict, hparams, data_hparams, metadata, status, lora_dir)
 
 
 def _first(*values):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 from transformers.image_utils import load_image
 
+from processing_panovlm.image_loading import load_panorama
+from processing_panovlm.processing_panovlm import PanoVLMProcessor
+
 from .augmentation import PanoramaAugmentation
-from .caption_data import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE, build_messages
-from .image_loading import load_panorama
-from .processing_panovlm import PanoVLMProcessor
+from .captions import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE, build_messages
 
 
 IGNORE_INDEX = -100

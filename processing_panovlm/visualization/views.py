@@ -14,10 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from configuration_panovlm.view_layout import ViewSpec
-
-from .equirect import view_lonlat
-from .image_loading import PanoramaInput, load_panorama
-from .image_processing_panovlm import PanoVLMImageProcessor
+from processing_panovlm.equirect import view_lonlat
+from processing_panovlm.image_loading import PanoramaInput, load_panorama
+from processing_panovlm.image_processing_panovlm import PanoVLMImageProcessor
 
 
 # Colour-blind-safe palette (Okabe-Ito), cycled over views.

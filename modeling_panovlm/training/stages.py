@@ -20,19 +20,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .hub import write_adapter_card
-from .losses import VICRegWeights, overlap_vicreg_loss
+from modeling_panovlm.hub.cards import write_adapter_card
 
 
 logger = logging.getLogger(__name__)
-
-# Tensors that are not weight matrices get no weight decay (mamba-ssm also exempts A_log and D).
-_NO_DECAY = ("bias", "norm", "A_log", ".D", "latents", "query_tokens")
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _base_name(name: str) -> str:
+def base_parameter_name(name: str) -> str:
     """Parameter name relative to `PanoVLMForConditionalGeneration`, whether or not PEFT wraps it."""
     return name.removeprefix("base_model.model.")
 
@@ -88,7 +83,7 @@ def apply_stage(model: nn.Module, spec: StageSpec, vision_trainable_blocks: int 
     else:
         model.requires_grad_(False)
         for name, parameter in model.named_parameters():
-            if _base_name(name).startswith(spec.trainable):
+            if base_parameter_name(name).startswith(spec.trainable):
                 parameter.requires_grad_(True)
         if vision_trainable_blocks:
             for block in vision_tower_blocks(model)[-vision_trainable_blocks:]:
@@ -96,7 +91,7 @@ def apply_stage(model: nn.Module, spec: StageSpec, vision_trainable_blocks: int 
     counts: dict[str, int] = defaultdict(int)
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            parts = _base_name(name).split(".")
+            parts = base_parameter_name(name).split(".")
             counts[".".join(parts[:2]) if parts[0] == "model" else parts[0]] += parameter.numel()
     if not counts:
         raise ValueError(f"stage {spec.name!r} leaves no parameter trainable")
@@ -149,87 +144,9 @@ class PanoVLMStageCallback(TrainerCallback):
             write_adapter_card(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
-class PanoVLMTrainer(Trainer):
-    """`Trainer` with the vision stage's overlap VICReg loss and per-module learning rates.
-
-    Args:
-        stage: the `StageSpec` being trained.
-        vicreg_weights: weights of the VICReg terms (vision stage).
-        module_learning_rates: `{module path prefix: lr}` (relative to `PanoVLMForConditionalGeneration`, e.g.
-            `{"model.vicreg_projector": 1e-3}`); other trainable tensors use `args.learning_rate`.
-    """
-
-    def __init__(
-        self,
-        *args,
-        stage: StageSpec,
-        vicreg_weights: VICRegWeights | None = None,
-        module_learning_rates: dict[str, float] | None = None,
-        **kwargs,
-    ):
-        self.stage = stage
-        self.vicreg_weights = vicreg_weights or VICRegWeights()
-        self.module_learning_rates = dict(module_learning_rates or {})
-        self._vicreg_terms: dict[str, list[float]] = defaultdict(list)
-        super().__init__(*args, **kwargs)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.stage.loss != "overlap_vicreg":
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Through the (possibly DDP-wrapped) model's forward, so distributed gradient hooks see the computation.
-        outputs = model(**{k: v for k, v in inputs.items() if k == "pixel_values" or k.startswith("view_")})
-        loss, terms = overlap_vicreg_loss(outputs.view_embeddings, base_model(model).config.view_layout, self.vicreg_weights)
-        if model.training:  # evaluation batches must not leak into the logged training terms
-            for name, value in terms.items():
-                self._vicreg_terms[name].append(value.item())
-        return (loss, outputs) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        if self.stage.loss != "overlap_vicreg":
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        # The vision stage has no labels, so `Trainer` would compute no loss and only collect the view embeddings
-        # (no `eval_loss` at all): evaluate the overlap VICReg loss instead; there are no predictions to keep.
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if self._vicreg_terms and "loss" in logs:
-            for name, values in self._vicreg_terms.items():
-                logs[f"vicreg_{name}"] = sum(values) / len(values)
-            self._vicreg_terms.clear()
-        super().log(logs, *args, **kwargs)
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None:
-            return self.optimizer
-        opt_model = self.model if model is None else model
-        groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
-        unused_prefixes = set(self.module_learning_rates)
-        for name, parameter in opt_model.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            base = _base_name(name)
-            lr = self.args.learning_rate
-            for prefix, prefix_lr in self.module_learning_rates.items():
-                if base.startswith(prefix):
-                    lr = prefix_lr
-                    unused_prefixes.discard(prefix)
-            decay = 0.0 if any(marker in base for marker in _NO_DECAY) else self.args.weight_decay
-            groups[(lr, decay)].append(parameter)
-        if unused_prefixes:
-            raise ValueError(f"module_learning_rates names modules with no trainable parameters: {sorted(unused_prefixes)}")
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        param_groups = [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        return self.optimizer
-
-
 __all__ = [
     "STAGES",
     "PanoVLMStageCallback",
-    "PanoVLMTrainer",
     "StageSpec",
     "apply_stage",
     "base_model",

@@ -14,10 +14,9 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
+from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
+from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
 from processing_panovlm.processing_panovlm import PanoVLMProcessor
-from processing_panovlm.tiny_tokenizer import build_tiny_tokenizer
-
-from .modeling_panovlm import PanoVLMForConditionalGeneration
 
 
 # SigLIP normalisation: (x - 0.5) / 0.5.

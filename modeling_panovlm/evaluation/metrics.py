@@ -36,7 +36,12 @@ from dataclasses import asdict, dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
 
-from .caption_scorers import (
+from .ptb_tokenizer import (
+    java_ptb_tokenize,
+    java_ptb_unavailable_reason,
+    python_ptb_tokenize,
+)
+from .scorers import (
     INSTALL_HINT,
     Meteor15,
     MetricUnavailableError,
@@ -47,7 +52,6 @@ from .caption_scorers import (
     spice,
     spice_unavailable_reason,
 )
-from .ptb_tokenizer import java_ptb_tokenize, java_ptb_unavailable_reason, python_ptb_tokenize
 
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,9 @@ import yaml
 from peft import get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
 
-from processing_panovlm.augmentation import PanoramaAugmentation
-from processing_panovlm.caption_data import (
+from modeling_panovlm.hub.cards import write_adapter_card
+from processing_panovlm.data.augmentation import PanoramaAugmentation
+from processing_panovlm.data.captions import (
     DEFAULT_SYSTEM_PROMPT,
     DEFAULT_USER_TEMPLATE,
     REASONS,
@@ -31,13 +32,13 @@ from processing_panovlm.caption_data import (
     scan_images,
     write_data_report,
 )
-from processing_panovlm.collator import PanoVLMDataCollator
+from processing_panovlm.data.collator import PanoVLMDataCollator
 
-from .hub import write_adapter_card
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config
 from .losses import VICRegWeights
-from .training import STAGES, PanoVLMStageCallback, PanoVLMTrainer
-from .training_plots import plot_training_curves
+from .plots import plot_training_curves
+from .stages import STAGES, PanoVLMStageCallback
+from .trainer import PanoVLMTrainer
 
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, UnidentifiedImageError
 
-from .image_loading import PanoramaImageError, check_panorama_size
+from processing_panovlm.image_loading import PanoramaImageError, check_panorama_size
 
 
 logger = logging.getLogger(__name__)

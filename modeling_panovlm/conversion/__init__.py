@@ -1,0 +1,1 @@
+"""Conversion of PanoLLaVA (the predecessor) checkpoints into PanoVLM checkpoints."""

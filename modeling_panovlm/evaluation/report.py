@@ -1,0 +1,100 @@
+"""`metrics.json` and `report.md` of a caption evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from processing_panovlm.data.captions import RowProblem
+
+from .metrics import PredictionRow, score_predictions, scores_to_dict
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for package in ("panovlm", "torch", "transformers", "pycocoevalcap", "nltk", "rouge-score"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def write_evaluation_outputs(
+    output_dir: str | os.PathLike,
+    rows: Sequence[PredictionRow],
+    protocols: Sequence[str] | None = None,
+    metrics_style: str = "coco",
+    problems: Sequence[RowProblem] = (),
+    data: dict | None = None,
+    generation: dict | None = None,
+) -> dict:
+    """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
+    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record.
+    Returns the metrics.json content."""
+    results, tokenizer = score_predictions(rows, protocols, metrics_style)
+    reasons = Counter(problem.reason for problem in problems)
+    summary = {
+        "metrics_style": metrics_style,
+        "tokenizer": tokenizer,
+        "protocols": {name: scores_to_dict(scores) for name, scores in results.items()},
+        "data": {
+            **(data or {}),
+            "rows_scored": len(rows),
+            "rows_dropped": len(problems),
+            "dropped_by_reason": dict(reasons),
+            "dropped_rows": [asdict(problem) for problem in problems],
+        },
+        "generation": generation,
+        "versions": _versions(),
+    }
+    output_dir = Path(output_dir)
+    _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write_atomically(output_dir / "report.md", render_report(summary))
+    return summary
+
+
+def render_report(summary: dict) -> str:
+    """A short Markdown report of a metrics.json summary: one column per protocol, then the caveats."""
+    protocols = summary["protocols"]
+    names = list(next(iter(protocols.values()))["scores"])
+    lines = [
+        "# PanoVLM caption evaluation",
+        "",
+        f"Metrics style: {summary['metrics_style']}; tokenizer: {summary['tokenizer']}.",
+        "",
+        "| metric | " + " | ".join(f"{name} ({scores['units']} units)" for name, scores in protocols.items()) + " |",
+        "|---|" + "---|" * len(protocols),
+    ]
+    for metric in names:
+        values = [scores["scores"][metric] for scores in protocols.values()]
+        lines.append(f"| {metric} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in values) + " |")
+    unavailable = {metric: reason for scores in protocols.values() for metric, reason in scores["unavailable"].items()}
+    lines += [""] + [f"- {metric} not computed: {reason}" for metric, reason in unavailable.items()]
+    data = summary["data"]
+    dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
+    lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")
+    generation = summary["generation"]
+    if generation:
+        settings = generation["settings"]
+        lines.append(
+            f"- Generations: {generation['generations']} for {generation['images_encoded']} panoramas "
+            f"({settings['decoding']}, max_new_tokens {settings['max_new_tokens']}, {generation['seconds']:.1f} s)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["render_report", "write_evaluation_outputs"]

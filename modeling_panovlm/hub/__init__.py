@@ -1,0 +1,25 @@
+"""Sharing PanoVLM on the Hub: model cards, pushes of models / processors / adapters, and the flat remote-code
+export."""
+
+from .cards import (
+    PANOVLM_TAGS,
+    build_adapter_card,
+    build_model_card,
+    hub_repo_id,
+    write_adapter_card,
+)
+from .push import push_adapter_to_hub, push_to_hub
+from .remote_code import export_remote_code, render_remote_code
+
+
+__all__ = [
+    "PANOVLM_TAGS",
+    "build_adapter_card",
+    "build_model_card",
+    "export_remote_code",
+    "hub_repo_id",
+    "push_adapter_to_hub",
+    "push_to_hub",
+    "render_remote_code",
+    "write_adapter_card",
+]

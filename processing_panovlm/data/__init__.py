@@ -1,0 +1,1 @@
+"""Training and evaluation data: caption tables, the training collator, panorama augmentation."""
