@@ -23,7 +23,7 @@ setup(
         # torch stays satisfiable by the CPU 2.13.0 wheel; torchvision is deliberately absent (its wheels need
         # CUDA torch), so image processing runs on transformers' PIL backend and our own torch sampler.
         "torch>=2.6",
-        "transformers>=5.23,<6",
+        "transformers>=5.25,<6",  # 5.25: `cache` replaces `past_key_values`, multimodal output classes
         "accelerate>=1.10",
         "peft>=0.21",
         "safetensors>=0.8",

@@ -84,12 +84,11 @@ def per_row_captions(model, processor, table, batch_size: int, config) -> tuple[
     """The baseline: one `generate` per row, in batches of rows, straight from the processor."""
     import torch
 
-    from processing_panovlm.data.captions import build_messages
-
     captions, generations = [], 0
     for first in range(0, len(table), batch_size):
         rows = table.select(range(first, min(first + batch_size, len(table))))
-        prompts = [processor.apply_chat_template(build_messages(query, style), add_generation_prompt=True)
+        prompts = [processor.apply_chat_template(processor.build_messages(query, verbatim=style == "instruction"),
+                                                 add_generation_prompt=True)
                    for query, style in zip(rows["query"], rows["prompt_style"])]
         inputs = processor(images=list(rows["image"]), text=prompts, padding=True, return_tensors="pt")
         with torch.no_grad():

@@ -84,11 +84,10 @@ def make_inputs(tokenizer, config, batch: int, seed: int = 0):
     """Token ids with `num_image_tokens` placeholders per prompt, views for PanoVLM and for LLaVA, labels."""
     import torch
 
-    from processing_panovlm.data.captions import build_messages
     from processing_panovlm.processing_panovlm import PanoVLMProcessor
 
     processor = PanoVLMProcessor.from_model_config(config, tokenizer)
-    prompt = processor.apply_chat_template(build_messages("What is behind the camera?", "instruction"),
+    prompt = processor.apply_chat_template(processor.build_messages("What is behind the camera?", verbatim=True),
                                            add_generation_prompt=True)
     answer = "A red square is behind the camera, next to a blue circle on the left."
     text = [prompt + answer] * batch

@@ -235,6 +235,10 @@ class PanoVLMConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         _check_kwargs(self, kwargs)
         super().__post_init__(**kwargs)
+        # PanoVLM reads every patch token and never the tower's pooling head (SigLIP's attention pooling): it is not
+        # built, so no parameter goes without a gradient.
+        if getattr(self.vision_config, "vision_use_head", False):
+            self.vision_config.vision_use_head = False
         # Forward the LM's own choice, as LLaVA does: a tied Qwen3-0.6B must stay tied inside the composite.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

@@ -38,7 +38,7 @@ from modeling_panovlm.testing.synthetic_panoramas import (
 )
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from modeling_panovlm.training.runner import StageOptions, run_stage
-from processing_panovlm.data.captions import build_messages, load_caption_table
+from processing_panovlm.data.captions import load_caption_table
 
 
 # Four 120-degree views a quarter turn apart (30 degrees shared with each neighbour, for the vision stage), 3x3
@@ -90,7 +90,7 @@ def main() -> None:
     model, info = AutoModelForImageTextToText.from_pretrained(checkpoint, output_loading_info=True)
     processor = AutoProcessor.from_pretrained(checkpoint)
     sample = load_caption_table(test_csv)[0]
-    prompt = processor.apply_chat_template(build_messages(sample["query"]), add_generation_prompt=True)
+    prompt = processor.apply_chat_template(processor.build_messages(sample["query"]), add_generation_prompt=True)
     inputs = processor(images=sample["image"], text=prompt, return_tensors="pt")
     with torch.no_grad():
         identical = torch.equal(built(**inputs).logits, model.eval()(**inputs).logits)

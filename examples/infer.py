@@ -17,7 +17,6 @@ from modeling_panovlm.evaluation import (
     greedy_generation_config,
     load_model_and_processor,
 )
-from processing_panovlm.data.captions import build_messages
 from processing_panovlm.visualization.views import render_view_overview
 
 
@@ -39,10 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         render_view_overview(args.image, processor.image_processor).save(args.show_views)
         print(f"saved the views to {args.show_views}")
 
-    # The same chat layout as training: system prompt, then the image and the question in the user turn.
-    prompt = processor.apply_chat_template(
-        build_messages(args.prompt, prompt_style="instruction"), add_generation_prompt=True
-    )
+    # The prompt format saved with the processor: the training run's system prompt and user template.
+    prompt = processor.apply_chat_template(processor.build_messages(args.prompt), add_generation_prompt=True)
     inputs = processor(images=args.image, text=prompt, return_tensors="pt").to(model.device)
     config = greedy_generation_config(model, args.max_new_tokens)
     if args.stream:

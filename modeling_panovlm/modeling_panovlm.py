@@ -3,7 +3,7 @@
 The class split follows transformers' LLaVA family: `PanoVLMModel` holds `vision_tower`, `resampler`,
 `multi_modal_projector` and `language_model` (the bare decoder); `PanoVLMForConditionalGeneration` adds
 `lm_head` and `GenerationMixin`. Image features replace the image placeholder tokens of the prompt with one
-`masked_scatter`. The input is named `pixel_values`, so `generate` sends it at the prefill step only.
+`masked_scatter`. The input is named `pixel_values`, so `generate` encodes it once, before the prefill step.
 """
 
 from __future__ import annotations
@@ -13,43 +13,21 @@ import os
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    GenerationMixin,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from configuration_panovlm.configuration_panovlm import (
-    PanoVLMConfig,
-    PanoVLMResamplerConfig,
-)
+from configuration_panovlm.configuration_panovlm import PanoVLMConfig, PanoVLMResamplerConfig
 
+from .image_features import PanoVLMImageFeaturesMixin, VICRegProjector
 from .outputs import PanoVLMCausalLMOutputWithPast, PanoVLMModelOutputWithPast
-from .panorama import PanoramaPositionalEncoding, stitch_views, token_grid_check
+from .panorama import PanoramaPositionalEncoding
 from .resamplers import build_resampler
 
 
 logger = logging.getLogger(__name__)
 
-
-class VICRegProjector(nn.Module):
-    """Token-wise head used only by the self-supervised overlap loss of the vision stage: `depth - 1` blocks of
-    [Linear, LayerNorm, GELU], then a Linear to `out_dim`."""
-
-    def __init__(self, in_dim: int, out_dim: int, depth: int):
-        super().__init__()
-        layers: list[nn.Module] = []
-        for _ in range(depth - 1):
-            layers += [nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.GELU()]
-            in_dim = out_dim
-        layers.append(nn.Linear(in_dim, out_dim))
-        self.mlp = nn.Sequential(*layers)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.mlp(tokens)
+IGNORE_INDEX = -100
 
 
 class PanoVLMPreTrainedModel(PreTrainedModel):
@@ -58,11 +36,18 @@ class PanoVLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BiMambaBlock", "PerceiverLayer", "QFormerLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
-    # Mamba's state matrix and skip term lose too much in half precision (mamba-ssm keeps them fp32 as well).
-    _keep_in_fp32_modules_strict = ["A_log", r"\.D$"]
+    _skip_keys_device_placement = ["cache"]
+    # Every attention of the model goes through transformers' attention interface (towers, LM and the attention
+    # resamplers), so each implementation the towers support is supported end to end.
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    # SigLIP's pooling head, which PanoVLM never reads (it uses every patch token): not built (the config sets
+    # `vision_use_head=False`), so no parameter goes without a gradient; tower checkpoints that carry it load
+    # without it.
+    _keys_to_ignore_on_load_unexpected = [r"vision_tower\.head\."]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -71,7 +56,17 @@ class PanoVLMPreTrainedModel(PreTrainedModel):
             module.init_weights_(self.config.initializer_range)
 
 
-class PanoVLMModel(PanoVLMPreTrainedModel):
+def _drop_unused_tower_head(model: PanoVLMModel) -> None:
+    """CLIP towers apply `post_layernorm` to the CLS token only (their pooled output); PanoVLM reads the patch
+    tokens, so that norm would be a parameter without gradient: it is replaced by an identity, and checkpoints that
+    carry it load without it. (SigLIP's `post_layernorm` normalises every token and stays; its attention-pooling
+    head is off through `vision_use_head`.)"""
+    if model.config.vision_config.model_type == "clip_vision_model":
+        model.vision_tower.post_layernorm = nn.Identity()
+        model._keys_to_ignore_on_load_unexpected.add(r"vision_tower\.post_layernorm\.")
+
+
+class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
     """Vision tower, resampler, projector and bare decoder; returns the decoder's hidden states."""
 
     def __init__(self, config: PanoVLMConfig):
@@ -86,10 +81,14 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
         self.vicreg_projector = (
             VICRegProjector(latent, config.vicreg_projector_dim, config.vicreg_projector_depth)
             if config.vicreg_projector_depth > 0
-            else nn.Identity()
+            else None
         )
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
+        _drop_unused_tower_head(self)
+        if self.vicreg_projector is None:
+            # A vision-stage checkpoint loads into a config without the training-only head.
+            self._keys_to_ignore_on_load_unexpected.add(r"vicreg_projector\.")
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -97,91 +96,11 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    # ---- vision path ---------------------------------------------------------------------------------------
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        config = self.config
-        expected = f"(batch, {config.num_views}, 3, {config.view_size}, {config.view_size})"
-        if pixel_values.ndim != 5:
-            raise ValueError(f"pixel_values must be {expected} (one panorama per prompt), got {tuple(pixel_values.shape)}")
-        _, views, channels, height, width = pixel_values.shape
-        if views != config.num_views:
-            raise ValueError(
-                f"pixel_values holds {views} views per panorama, but crop_strategy={config.crop_strategy!r} with "
-                f"fov_deg={config.fov_deg}, overlap_ratio={config.overlap_ratio} takes {config.num_views}: the image "
-                f"processor and config.json disagree; expected {expected}"
-            )
-        if (channels, height, width) != (3, config.view_size, config.view_size):
-            raise ValueError(f"pixel_values must be {expected}, got {tuple(pixel_values.shape)}")
-
-    def _run_vision_tower(self, views: torch.Tensor) -> torch.Tensor:
-        """`(N, 3, S, S)` views -> `(N, patch_rows * patch_cols, vision_hidden)` patch tokens, prefix tokens dropped."""
-        config = self.config
-        if config.vision_config.model_type == "siglip2_vision_model":
-            # NaFlex towers take flattened patches (channels last within a patch) plus their grid shape.
-            patch = config.vision_config.patch_size
-            rows, cols = config.patch_grid
-            patches = views.reshape(views.shape[0], 3, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1)
-            patches = patches.reshape(views.shape[0], rows * cols, patch * patch * 3)
-            spatial_shapes = torch.tensor([[rows, cols]], device=views.device).expand(views.shape[0], 2)
-            mask = torch.ones(views.shape[0], rows * cols, dtype=torch.long, device=views.device)
-            hidden = self.vision_tower(
-                pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=spatial_shapes
-            ).last_hidden_state
-        else:
-            hidden = self.vision_tower(pixel_values=views).last_hidden_state
-        return hidden[:, config.num_vision_prefix_tokens :]
-
-    def get_view_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Resampler output per view, before the positional encoding.
-
-        Args:
-            pixel_values: `(batch, views, 3, view_size, view_size)`.
-
-        Returns:
-            `(batch, views, rows, columns, latent_dimension)` with `(rows, columns) = config.view_token_grid`.
-        """
-        self._check_pixel_values(pixel_values)
-        batch, views = pixel_values.shape[:2]
-        tower_dtype = self.vision_tower.dtype
-        patches = self._run_vision_tower(pixel_values.flatten(0, 1).to(tower_dtype))
-        tokens = self.resampler(self.vision_feature_norm(patches))  # (B*V, T_view, latent)
-        rows, cols = self.config.view_token_grid
-        token_grid_check(tokens.shape[1], (rows, cols))
-        return tokens.reshape(batch, views, rows, cols, tokens.shape[-1])
-
-    def get_view_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """What the vision stage's overlap-consistency loss compares: `vicreg_projector(get_view_features(...))`,
-        `(batch, views, rows, columns, vicreg_projector_dim)` (the positional encoding is not added)."""
-        return self.vicreg_projector(self.get_view_features(pixel_values))
-
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Image tokens of each panorama, ready to replace its placeholders.
-
-        Args:
-            pixel_values: `(batch, views, 3, view_size, view_size)`.
-
-        Returns:
-            `(batch, config.num_image_tokens, text_hidden)`: the global view's tokens (anyres_e2p) followed by the
-            stitched strip, row-major.
-        """
-        view_tokens = self.get_view_features(pixel_values)
-        batch, views, rows, cols, latent = view_tokens.shape
-        view_tokens = self.panorama_pe(view_tokens.reshape(batch, views, rows * cols, latent))
-        projected = self.multi_modal_projector(view_tokens).reshape(batch, views, rows, cols, -1)
-        layout = self.config.view_layout
-        parts = []
-        if layout.has_global_view:
-            parts.append(projected[:, 0].reshape(batch, rows * cols, -1))
-            projected = projected[:, 1:]
-        drop = layout.overlap_columns(cols) if self.config.stitching_mode == "drop_overlap" else 0
-        parts.append(stitch_views(projected, drop))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
-        """Boolean mask `(batch, seq, 1)` of the image placeholder positions; raises, naming both counts, when the
-        prompts do not hold exactly `num_image_tokens` placeholders per panorama."""
+        """Boolean mask `(batch, seq, 1)` of the image placeholder positions, for `image_features` `(rows, hidden)`;
+        raises, naming the counts, when the prompts do not hold one placeholder per feature row."""
         if input_ids is None:
             placeholder = self.get_input_embeddings()(
                 torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
@@ -189,33 +108,22 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
             mask = (inputs_embeds == placeholder).all(-1)
         else:
             mask = input_ids == self.config.image_token_id
-        per_prompt = mask.sum(-1).tolist()
-        batch, num_tokens = image_features.shape[:2]
-        if len(per_prompt) != batch or any(count != num_tokens for count in per_prompt):
+        if torch.compiler.is_compiling():
+            return mask.unsqueeze(-1)  # the count is checked eagerly; a compiled graph cannot raise on data
+        if int(mask.sum()) != image_features.shape[0]:
+            per_prompt = mask.sum(-1).tolist()
+            tokens = self.config.num_image_tokens
             raise ValueError(
-                f"Image features and image tokens do not match: the prompts hold {per_prompt} image tokens, but each "
-                f"of the {batch} panorama(s) gives {num_tokens} features (config.num_image_tokens for "
+                f"Image features and image tokens do not match: the prompts hold {per_prompt} image tokens, "
+                f"{sum(per_prompt)} in all, but the {image_features.shape[0] // tokens} panorama(s) give "
+                f"{image_features.shape[0]} features ({tokens} each: config.num_image_tokens for "
                 f"crop_strategy={self.config.crop_strategy!r}, stitching_mode={self.config.stitching_mode!r}). Build "
                 "prompts with the PanoVLMProcessor saved with this model, and do not truncate through image tokens."
             )
         return mask.unsqueeze(-1)
 
-    def _check_view_metadata(self, **metadata: torch.Tensor | None) -> None:
-        """The image processor reports each view's direction; refuse views the config would misplace."""
-        expected = {
-            "view_yaw_deg": [view.yaw_deg for view in self.config.view_layout.views],
-            "view_pitch_deg": [view.pitch_deg for view in self.config.view_layout.views],
-            "view_fov_deg": [view.hfov_deg for view in self.config.view_layout.views],
-        }
-        for name, values in metadata.items():
-            if values is None:
-                continue
-            reference = torch.tensor(expected[name], dtype=values.dtype, device=values.device).expand_as(values)
-            if not torch.allclose(values, reference, atol=1e-4):
-                raise ValueError(
-                    f"{name} from the image processor is {values[0].tolist()}, but config.json lays views out at "
-                    f"{expected[name]}: the processor and the model were built with different view settings"
-                )
+    def _return_dict(self, return_dict: bool | None) -> bool:
+        return self.config.use_return_dict if return_dict is None else return_dict
 
     def forward(
         self,
@@ -223,64 +131,81 @@ class PanoVLMModel(PanoVLMPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         view_yaw_deg: torch.Tensor | None = None,
         view_pitch_deg: torch.Tensor | None = None,
         view_fov_deg: torch.Tensor | None = None,
-        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        output_view_embeddings: bool = False,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> PanoVLMModelOutputWithPast:
+    ) -> PanoVLMModelOutputWithPast | tuple:
         """Decoder hidden states for prompts whose image placeholders are replaced by panorama features.
 
         Args:
-            input_ids: `(batch, seq)` token ids holding `config.num_image_tokens` image tokens per panorama.
-            pixel_values: `(batch, views, 3, view_size, view_size)` from `PanoVLMImageProcessor`. Given without
-                any text, only the view embeddings of the vision training stage are computed (`view_embeddings`).
-            view_yaw_deg, view_pitch_deg, view_fov_deg: `(batch, views)` view directions from the image
+            input_ids: `(batch, seq)` token ids holding `config.num_image_tokens` image tokens per panorama (a
+                prompt may hold several panoramas, or none).
+            pixel_values: `(panoramas, views, 3, view_size, view_size)` from `PanoVLMImageProcessor`, panoramas in
+                the order their placeholders appear in the batch.
+            view_yaw_deg, view_pitch_deg, view_fov_deg: `(panoramas, views)` view directions from the image
                 processor; when given they are checked against the config's layout.
+            mm_encoder_outputs: `{"image": get_image_features(...)}` computed beforehand (e.g. once per panorama for
+                several prompts); instead of `pixel_values`.
+            output_view_embeddings: compute only the vision stage's view embeddings of `pixel_values` (no text):
+                `view_embeddings` `(panoramas, views, rows, columns, vicreg_projector_dim)`.
+            kwargs: go to the language model (`use_cache`, `output_attentions`, `output_hidden_states`, ...).
         """
-        if input_ids is None and inputs_embeds is None and pixel_values is not None:
-            self._check_view_metadata(
-                view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg
-            )
-            return PanoVLMModelOutputWithPast(view_embeddings=self.get_view_embeddings(pixel_values))
+        return_dict = self._return_dict(return_dict)
+        if output_view_embeddings:
+            if pixel_values is None or input_ids is not None or inputs_embeds is not None:
+                raise ValueError("output_view_embeddings=True takes pixel_values alone (the vision training stage)")
+            self.check_view_metadata(view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg)
+            output = PanoVLMModelOutputWithPast(view_embeddings=self.get_view_embeddings(pixel_values))
+            return output if return_dict else output.to_tuple()
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Specify exactly one of input_ids or inputs_embeds (or pixel_values alone)")
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and (mm_encoder_outputs or {}).get("image") is not None:
+            raise ValueError("Give pixel_values or pre-computed mm_encoder_outputs['image'], not both")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = None
-        if pixel_values is not None:
-            self._check_view_metadata(
-                view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is None and pixel_values is not None:
+            image_outputs = self.get_image_features(
+                pixel_values, view_yaw_deg, view_pitch_deg, view_fov_deg, return_dict=True
             )
-            image_features = self.get_image_features(pixel_values)
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+        if image_outputs is not None:
+            features = image_outputs.pooler_output
+            features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features]) if len(features) else features
+            features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, features)
 
+        kwargs.setdefault("use_cache", self.config.use_cache)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=self.config.use_cache if use_cache is None else use_cache,
+            cache=cache,
+            return_dict=True,
             **kwargs,
         )
-        return PanoVLMModelOutputWithPast(
+        output = PanoVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_outputs=image_outputs,
         )
+        return output if return_dict else output.to_tuple()
 
 
 class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
     """PanoVLM with a language-modelling head: training loss and `generate`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: PanoVLMConfig):
         super().__init__(config)
@@ -297,9 +222,9 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
         """See `PanoVLMModel.get_image_features`."""
-        return self.model.get_image_features(pixel_values)
+        return self.model.get_image_features(pixel_values, **kwargs)
 
     def forward(
         self,
@@ -307,59 +232,80 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         view_yaw_deg: torch.Tensor | None = None,
         view_pitch_deg: torch.Tensor | None = None,
         view_fov_deg: torch.Tensor | None = None,
-        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        output_view_embeddings: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
-        num_items_in_batch: int | torch.Tensor | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> PanoVLMCausalLMOutputWithPast:
-        """Logits and, with `labels` `(batch, seq)` (-100 = ignored), the mean next-token loss. Image placeholder
-        and padding positions never count as targets, whatever `labels` holds there. Under gradient accumulation
-        the Trainer passes `num_items_in_batch`, and the loss is summed and divided by it instead."""
+    ) -> PanoVLMCausalLMOutputWithPast | tuple:
+        """Logits and, with `labels` `(batch, seq)` (-100 = ignored), the next-token loss. Image placeholder and
+        padding positions never count as targets, whatever `labels` (or `shift_labels`) hold there. Loss keyword
+        arguments the Trainer passes (`num_items_in_batch`, `shift_labels`, ...) reach `loss_function`; the other
+        arguments are those of `PanoVLMModel.forward`."""
+        return_dict = self.model._return_dict(return_dict)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             view_yaw_deg=view_yaw_deg,
             view_pitch_deg=view_pitch_deg,
             view_fov_deg=view_fov_deg,
-            use_cache=use_cache,
-            **kwargs,
+            mm_encoder_outputs=mm_encoder_outputs,
+            output_view_embeddings=output_view_embeddings,
+            return_dict=True,
+            **{key: value for key, value in kwargs.items() if key not in _LOSS_KWARGS},
         )
-        if outputs.view_embeddings is not None:  # pixel_values alone: the vision stage's view embeddings
-            return PanoVLMCausalLMOutputWithPast(view_embeddings=outputs.view_embeddings)
+        if output_view_embeddings:
+            output = PanoVLMCausalLMOutputWithPast(view_embeddings=outputs.view_embeddings)
+            return output if return_dict else output.to_tuple()
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
 
         loss = None
-        if labels is not None:
-            if input_ids is not None:
-                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
-            if attention_mask is not None:
-                labels = labels.masked_fill(attention_mask == 0, -100)
+        shift_labels = kwargs.get("shift_labels")
+        if labels is not None or shift_labels is not None:
+            loss_kwargs = {key: value for key, value in kwargs.items() if key in _LOSS_KWARGS}
+            if labels is not None:
+                labels = self._mask_non_targets(labels, input_ids, attention_mask)
+            if shift_labels is not None:
+                loss_kwargs["shift_labels"] = self._mask_non_targets(shift_labels, input_ids, attention_mask, shift=1)
             loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.text_config.vocab_size,
-                num_items_in_batch=num_items_in_batch,
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **loss_kwargs
             )
-        return PanoVLMCausalLMOutputWithPast(
+        output = PanoVLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
+        return output if return_dict else output.to_tuple()
+
+    def _mask_non_targets(
+        self, labels: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, shift: int = 0
+    ) -> torch.Tensor:
+        """`labels` with image placeholder and padding positions set to -100. `shift=1` for `shift_labels`, whose
+        position `i` is the target of input `i + 1`."""
+        for ignored in (
+            None if input_ids is None else input_ids == self.config.image_token_id,
+            None if attention_mask is None else attention_mask == 0,
+        ):
+            if ignored is not None:
+                if shift:
+                    ignored = torch.nn.functional.pad(ignored[:, shift:], (0, shift), value=True)
+                labels = labels.masked_fill(ignored, IGNORE_INDEX)
+        return labels
 
     @classmethod
     def from_vision_text_pretrained(
@@ -372,8 +318,9 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
         """A new PanoVLM from a pretrained vision tower and a pretrained causal LM (local directories or Hub ids).
 
         The resampler, projector and SSL head are freshly initialised; the tower and LM weights are copied in
-        exactly (dual-tower checkpoints such as `google/siglip-*` contribute their vision half). `config_kwargs`
-        are `PanoVLMConfig` fields, e.g. `crop_strategy`, `image_token_id`.
+        exactly (dual-tower checkpoints such as `google/siglip-*` contribute their vision half; the towers' pooling
+        heads, which PanoVLM does not use, are left out). `config_kwargs` are `PanoVLMConfig` fields, e.g.
+        `crop_strategy`, `image_token_id`.
         """
         vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
         # Dual towers (CLIP, SigLIP) contribute their vision half; its weights load by name into the vision class.
@@ -387,11 +334,21 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
             **config_kwargs,
         )
         model = cls(config)
-        model.model.vision_tower.load_state_dict(vision.state_dict(), strict=True)
+        tower_state = model.model.vision_tower.state_dict()
+        unused = {key for key in vision.state_dict() if key not in tower_state}
+        model.model.vision_tower.load_state_dict(
+            {key: value for key, value in vision.state_dict().items() if key not in unused}, strict=True
+        )
+        if unused:
+            logger.info("left out the vision tower's unused pooling head: %s", sorted(unused))
         model.model.language_model.load_state_dict(text.get_decoder().state_dict(), strict=True)
         model.lm_head.load_state_dict(text.get_output_embeddings().state_dict(), strict=True)
         model.tie_weights()
         return model
+
+
+# Keyword arguments only the loss reads (the Trainer passes them with the inputs); the language model never sees them.
+_LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
 __all__ = ["PanoVLMForConditionalGeneration", "PanoVLMModel", "PanoVLMPreTrainedModel"]

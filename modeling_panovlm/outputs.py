@@ -1,35 +1,28 @@
-"""What the PanoVLM models return: transformers' output dataclasses plus the panorama-specific fields."""
+"""What the PanoVLM models return: transformers' multimodal output dataclasses plus the vision stage's field."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
 
 
 @dataclass
-class PanoVLMModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus `image_hidden_states`: `(batch, num_image_tokens, text_hidden)` projected and
-    stitched image features, when `pixel_values` was given; and `view_embeddings`: `(batch, views, rows, columns,
-    vicreg_projector_dim)` when only `pixel_values` was given (the vision training stage)."""
+class PanoVLMModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """`MultimodalBaseModelOutputWithPast` (`last_hidden_state`, `cache`, `hidden_states`, `attentions`,
+    `image_outputs`: what `get_image_features` returned, its `pooler_output` the `(panoramas, num_image_tokens,
+    text_hidden)` image features) plus `view_embeddings`: `(panoramas, views, rows, columns, vicreg_projector_dim)`,
+    set only when `output_view_embeddings=True` (the vision training stage)."""
 
-    image_hidden_states: torch.Tensor | None = None
     view_embeddings: torch.Tensor | None = None
 
 
 @dataclass
-class PanoVLMCausalLMOutputWithPast(ModelOutput):
-    """Language-modelling output: `loss` (when `labels` are given), `logits` `(batch, seq, vocab)`, cache, optional
-    hidden states/attentions, and `image_hidden_states` / `view_embeddings` as in `PanoVLMModelOutputWithPast`."""
+class PanoVLMCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """`MultimodalCausalLMOutputWithPast` (`loss` when `labels` are given, `logits` `(batch, seq, vocab)`, `cache`,
+    `hidden_states`, `attentions`, `image_outputs`) plus `view_embeddings` as in `PanoVLMModelOutputWithPast`."""
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    image_hidden_states: torch.Tensor | None = None
     view_embeddings: torch.Tensor | None = None
 
 

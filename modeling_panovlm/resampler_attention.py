@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 # Standalone default for learned queries; `PanoVLMPreTrainedModel` re-initialises them with
@@ -17,20 +19,48 @@ from torch import nn
 DEFAULT_QUERY_STD = 0.02
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention: `(N, heads, Q, d)` queries over `(N, heads, L, d)` keys/values -> `(N, Q, heads, d)` and the
+    weights `(N, heads, Q, L)`; the reference the other implementations are tested against."""
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    # Softmax in at least fp32 (half-precision inputs), in fp64 for fp64 inputs.
+    weights = F.softmax(weights, dim=-1, dtype=torch.promote_types(weights.dtype, torch.float32)).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class ResamplerAttention(nn.Module):
-    """Multi-head attention of `queries` over `context`, with no mask and no positions.
+    """Multi-head attention of `queries` over `context`, with no mask and no positions, through transformers'
+    attention interface: the implementation follows `config._attn_implementation` (eager, sdpa, flash, flex, ...),
+    which `attn_implementation=` of `from_pretrained` sets for the resampler as for the towers.
 
     Args:
+        config (`PanoVLMResamplerConfig`): read for its attention implementation.
         hidden_dim (`int`): width of `queries`, `context` and the output.
         num_heads (`int`): attention heads.
         head_dim (`int`): width per head; the inner width is `num_heads * head_dim`.
         dropout (`float`): dropout on the attention probabilities (training only).
     """
 
-    def __init__(self, hidden_dim: int, num_heads: int, head_dim: int, dropout: float):
+    is_causal = False
+
+    def __init__(self, config: PretrainedConfig, hidden_dim: int, num_heads: int, head_dim: int, dropout: float):
         super().__init__()
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = head_dim
+        self.scaling = head_dim**-0.5
         self.dropout = dropout
         inner_dim = num_heads * head_dim
         # No bias on keys: it adds the same score to every key of a query and cancels in the softmax, so it would
@@ -44,15 +74,21 @@ class ResamplerAttention(nn.Module):
         """(N, L, heads * head_dim) -> (N, heads, L, head_dim)."""
         return states.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, **kwargs) -> torch.Tensor:
         """queries: (N, Q, hidden_dim), context: (N, L, hidden_dim) -> (N, Q, hidden_dim)."""
-        attn = F.scaled_dot_product_attention(
+        implementation = self.config._attn_implementation or "sdpa"
+        attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        output, _ = attention(
+            self,
             self._split_heads(self.q_proj(queries)),
             self._split_heads(self.k_proj(context)),
             self._split_heads(self.v_proj(context)),
-            dropout_p=self.dropout if self.training else 0.0,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
         )
-        return self.o_proj(attn.transpose(1, 2).flatten(2))
+        return self.o_proj(output.flatten(2))
 
 
 class ResamplerFeedForward(nn.Module):
@@ -68,4 +104,4 @@ class ResamplerFeedForward(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-__all__ = ["DEFAULT_QUERY_STD", "ResamplerAttention", "ResamplerFeedForward"]
+__all__ = ["DEFAULT_QUERY_STD", "ResamplerAttention", "ResamplerFeedForward", "eager_attention_forward"]

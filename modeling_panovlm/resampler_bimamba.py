@@ -55,8 +55,10 @@ class MambaMixer(nn.Module):
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
-        self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
-        self.D = nn.Parameter(torch.empty(self.d_inner))
+        # fp32 whatever the default dtype: the state matrix and skip term lose too much in half precision
+        # (mamba-ssm keeps them fp32 as well); `_keep_in_fp32_modules_strict` keeps them so when loading.
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(self.d_inner, dtype=torch.float32))
         self.out_proj = nn.Linear(self.d_inner, config.hidden_dim, bias=False)
         self.init_weights_()
 
@@ -145,6 +147,9 @@ class BiMambaResampler(nn.Module):
             block fields.
         input_dim (`int`): width of the incoming vision tokens.
     """
+
+    _no_split_modules = ["BiMambaBlock"]
+    _keep_in_fp32_modules_strict = ["A_log", "D"]
 
     def __init__(self, config: PanoVLMResamplerConfig, input_dim: int):
         super().__init__()

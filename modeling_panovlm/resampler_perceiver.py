@@ -32,7 +32,7 @@ class PerceiverLayer(GradientCheckpointingLayer):
         hidden, eps = config.hidden_dim, config.layer_norm_eps
         self.context_norm = nn.LayerNorm(hidden, eps=eps)
         self.latents_norm = nn.LayerNorm(hidden, eps=eps)
-        self.attn = ResamplerAttention(hidden, config.heads, config.dim_head, config.dropout)
+        self.attn = ResamplerAttention(config, hidden, config.heads, config.dim_head, config.dropout)
         self.ff_norm = nn.LayerNorm(hidden, eps=eps)
         self.ff = ResamplerFeedForward(hidden, config.ff_mult * hidden)
         self.dropout = nn.Dropout(config.dropout)
@@ -55,6 +55,8 @@ class PerceiverResampler(nn.Module):
 
     Shapes: `(N, S, input_dim) -> (N, num_latents, latent_dimension)`.
     """
+
+    _no_split_modules = ["PerceiverLayer"]
 
     def __init__(self, config: PanoVLMResamplerConfig, input_dim: int):
         super().__init__()

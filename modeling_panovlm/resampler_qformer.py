@@ -30,10 +30,10 @@ class QFormerLayer(GradientCheckpointingLayer):
         super().__init__()
         hidden, eps, heads = config.hidden_dim, config.layer_norm_eps, config.num_attention_heads
         self.self_attn_norm = nn.LayerNorm(hidden, eps=eps)
-        self.self_attn = ResamplerAttention(hidden, heads, hidden // heads, config.dropout)
+        self.self_attn = ResamplerAttention(config, hidden, heads, hidden // heads, config.dropout)
         self.cross_attn_norm = nn.LayerNorm(hidden, eps=eps)
         self.context_norm = nn.LayerNorm(hidden, eps=eps)
-        self.cross_attn = ResamplerAttention(hidden, heads, hidden // heads, config.dropout)
+        self.cross_attn = ResamplerAttention(config, hidden, heads, hidden // heads, config.dropout)
         self.ff_norm = nn.LayerNorm(hidden, eps=eps)
         self.ff = ResamplerFeedForward(hidden, 4 * hidden)
         self.dropout = nn.Dropout(config.dropout)
@@ -57,6 +57,8 @@ class QFormerResampler(nn.Module):
 
     Shapes: `(N, S, input_dim) -> (N, num_query_tokens, latent_dimension)`.
     """
+
+    _no_split_modules = ["QFormerLayer"]
 
     def __init__(self, config: PanoVLMResamplerConfig, input_dim: int):
         super().__init__()

@@ -1,6 +1,5 @@
 """`PanoVLMImageProcessor`: equirectangular panoramas -> the views of a crop strategy, ready for the vision tower."""
 
-from __future__ import annotations
 
 from typing import Any
 
@@ -76,8 +75,9 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         max_erp_width (`int`, *optional*): shrink wider panoramas to this width (area filter) before sampling
             the perspective / crop views; `None` (default) samples the original pixels.
 
-    Inputs: one panorama or a list of them, each a PIL image, numpy array, torch tensor or file path (see
-    `load_panorama`), or a 4-D array / tensor holding a batch of them. 8- and 16-bit images are on the 0..255
+    Inputs: one panorama, a list of them, one list per prompt (nested, as chat templates pass them) or a 4-D array /
+    tensor holding a batch; each a PIL image, numpy array, torch tensor, file path, URL, image bytes or
+    `datasets.Image` value, read by `load_panorama` (the library's one image loader). 8- and 16-bit images are on the 0..255
     scale; float arrays / tensors must be in [0, 1] and need `do_rescale=False`. Panoramas of different sizes can
     share a batch.
 
@@ -165,18 +165,12 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         options = self._resolve_call_options(kwargs)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-            images = list(images)
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise ValueError("images is empty: pass one panorama or a non-empty list")
-        else:
-            images = [images]
+        images, _ = flatten_panoramas(images)
+        if not images:
+            raise ValueError("images is empty: pass one panorama, a list of them, or one list per prompt")
 
         panoramas = []
         for index, image in enumerate(images):
-            if isinstance(image, (list, tuple)):
-                raise ValueError(f"images[{index}] is a {type(image).__name__}: pass one panorama per sample")
             if options["do_rescale"] and is_unit_range_image(image):
                 raise PanoramaImageError(
                     f"images[{index}] is a float image, which must already be in [0, 1]; rescaling it by "
@@ -266,4 +260,28 @@ def _channel_stats(values: float | list[float] | tuple[float, ...], name: str) -
     return values
 
 
-__all__ = ["PanoVLMImageProcessor", "PanoVLMImageProcessorKwargs"]
+def flatten_panoramas(images) -> tuple[list, list[int] | None]:
+    """One panorama, a list of them, a 4-D batch, or one list per prompt -> (flat list, panoramas per prompt or
+    None when not given per prompt)."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images), None
+    if not isinstance(images, (list, tuple)):
+        return [images], None
+    if any(isinstance(item, (list, tuple)) for item in images):
+        flat, per_prompt = [], []
+        for index, item in enumerate(images):
+            if not isinstance(item, (list, tuple)):
+                raise ValueError(
+                    f"images[{index}] is a single panorama in a list of lists: give one list of panoramas per prompt "
+                    "(possibly empty), or a flat list with one panorama per placeholder"
+                )
+            for inner, panorama in enumerate(item):
+                if isinstance(panorama, (list, tuple)):
+                    raise ValueError(f"images[{index}][{inner}] is a list: nest panoramas at most one level deep")
+            flat.extend(item)
+            per_prompt.append(len(item))
+        return flat, per_prompt
+    return list(images), None
+
+
+__all__ = ["PanoVLMImageProcessor", "PanoVLMImageProcessorKwargs", "flatten_panoramas"]

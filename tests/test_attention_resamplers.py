@@ -117,9 +117,12 @@ def test_output_shape(kind, shape, overrides):
     assert torch.isfinite(out).all()
 
 
-def test_attention_matches_explicit_softmax():
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_attention_matches_explicit_softmax(implementation):
     torch.manual_seed(0)
-    attn = randomise_(ResamplerAttention(hidden_dim=12, num_heads=3, head_dim=5, dropout=0.0)).double()
+    config = PanoVLMResamplerConfig()
+    config._attn_implementation = implementation
+    attn = randomise_(ResamplerAttention(config, hidden_dim=12, num_heads=3, head_dim=5, dropout=0.0)).double()
     queries, context = torch.randn(2, 4, 12, dtype=torch.float64), torch.randn(2, 7, 12, dtype=torch.float64)
     expected = reference_attention(attn, queries, context, num_heads=3, head_dim=5)
     torch.testing.assert_close(attn(queries, context), expected, rtol=1e-10, atol=1e-10)

@@ -7,8 +7,6 @@ from PIL import Image
 
 from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
 from processing_panovlm.data.captions import (
-    DEFAULT_SYSTEM_PROMPT,
-    build_messages,
     load_caption_table,
     scan_images,
     write_data_report,
@@ -72,17 +70,3 @@ def test_unusable_images_are_reported_row_by_row(table_dir):
     assert report["rows"] == 6 and report["kept"] == 2 and report["dropped"] == 4
     assert report["dropped_by_reason"]["truncated or corrupt image"] == 1
     assert report["dropped_rows"][0]["url"] == "images/missing.jpg"
-
-
-def test_build_messages():
-    messages = build_messages("location", answer="A street.")
-    assert messages[0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
-    assert messages[1]["content"][0] == {"type": "image"}
-    assert messages[1]["content"][1]["text"] == (
-        'In this panoramic image, please provide a concise but detailed description of "location".'
-    )
-    assert messages[2]["role"] == "assistant"
-    verbatim = build_messages("Where is the red circle?", prompt_style="instruction", system_prompt=None)
-    assert len(verbatim) == 1 and verbatim[0]["content"][1]["text"] == "Where is the red circle?"
-    with pytest.raises(ValueError, match="empty"):
-        build_messages("  ")

@@ -24,7 +24,9 @@ from modeling_panovlm.evaluation.scorers import (
     rouge_l,
     spice_unavailable_reason,
 )
-from processing_panovlm import caption_metrics, caption_scorers, ptb_tokenizer
+from modeling_panovlm.evaluation import metrics as caption_metrics
+from modeling_panovlm.evaluation import ptb_tokenizer
+from modeling_panovlm.evaluation import scorers as caption_scorers
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -24,7 +24,7 @@ from modeling_panovlm.testing.synthetic_panoramas import (
     describe_scene,
     render_panorama,
 )
-from processing_panovlm.data.captions import build_messages, load_caption_table
+from processing_panovlm.data.captions import load_caption_table
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -88,9 +88,9 @@ def test_dedup_generation_equals_plain_generate(tiny_mlp, table_dir, batch_size)
     encoded = []
     original = model.get_image_features
 
-    def counting(pixel_values):
+    def counting(pixel_values, **kwargs):
         encoded.append(pixel_values.shape[0])
-        return original(pixel_values)
+        return original(pixel_values, **kwargs)
 
     model.get_image_features = counting
     try:
@@ -103,7 +103,7 @@ def test_dedup_generation_equals_plain_generate(tiny_mlp, table_dir, batch_size)
     expected = []
     for first in range(0, 3, batch_size):
         batch = groups[first : first + batch_size]
-        prompts = [processor.apply_chat_template(build_messages(g.query), add_generation_prompt=True) for g in batch]
+        prompts = [processor.apply_chat_template(processor.build_messages(g.query), add_generation_prompt=True) for g in batch]
         inputs = processor(images=[g.image for g in batch], text=prompts, padding=True, return_tensors="pt")
         with torch.no_grad():
             output = model.generate(**inputs, generation_config=config)

@@ -1,5 +1,6 @@
 """PanoVLM model: shapes, merge, loss, the token-count contract, PE geometry, stitching, generation."""
 
+import functools
 import math
 
 import pytest
@@ -22,7 +23,7 @@ def test_image_features_shape_and_placement(tiny_mlp):
     model, _ = tiny_mlp
     config = model.config
     pixels = random_pixels(config)
-    features = model.get_image_features(pixels)
+    features = model.get_image_features(pixels).pooler_output
     assert features.shape == (2, config.num_image_tokens, config.text_config.hidden_size)
 
     ids = image_prompt_ids(config)
@@ -33,7 +34,7 @@ def test_image_features_shape_and_placement(tiny_mlp):
         embeds[ids == config.image_token_id] = features.reshape(-1, features.shape[-1])
         reference = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
     torch.testing.assert_close(out.logits, reference)
-    assert out.image_hidden_states.shape == features.shape
+    torch.testing.assert_close(out.image_outputs.pooler_output, features)
 
 
 def test_inputs_embeds_path_matches_input_ids(tiny_mlp):
@@ -106,13 +107,13 @@ def test_mismatched_image_token_count_names_both_counts(tiny_mlp):
     config = model.config
     ids = image_prompt_ids(config)
     ids[0, 3] = 11  # one image token fewer in the first prompt
-    with pytest.raises(ValueError, match=rf"\[{config.num_image_tokens - 1}, {config.num_image_tokens}\].*gives {config.num_image_tokens}"):
+    with pytest.raises(ValueError, match=rf"\[{config.num_image_tokens - 1}, {config.num_image_tokens}\].*give {2 * config.num_image_tokens} features \({config.num_image_tokens} each"):
         model(input_ids=ids, pixel_values=random_pixels(config))
 
 
 @pytest.mark.parametrize(
     "shape, message",
-    [((2, 8, 3, 32, 32), "8 views per panorama"), ((2, 9, 3, 48, 48), "must be"), ((9, 3, 32, 32), "one panorama per prompt")],
+    [((2, 8, 3, 32, 32), "8 views per panorama"), ((2, 9, 3, 48, 48), "must be"), ((9, 3, 32, 32), r"must be \(panoramas, 9")],
 )
 def test_bad_pixel_values_are_rejected(tiny_mlp, shape, message):
     model, _ = tiny_mlp
@@ -166,18 +167,32 @@ def test_stitching_keeps_each_direction_once():
     assert concat.shape[1] == views * rows * cols
 
 
-def test_generate_sends_pixels_at_prefill_only(tiny_mlp):
+def test_generate_encodes_the_panorama_once_and_sends_it_at_prefill_only(tiny_mlp, monkeypatch):
     model, _ = tiny_mlp
     config = model.config
-    calls = []
-    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs.get("pixel_values") is not None), with_kwargs=True)
+    calls, encodings = [], []
+    original = model.model.get_image_features
+
+    @functools.wraps(original)  # generate reads the signature to find what to encode
+    def counting(*args, **kwargs):
+        encodings.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "get_image_features", counting)
+
+    def record(module, args, kwargs):
+        image = (kwargs.get("mm_encoder_outputs") or {}).get("image")
+        calls.append((kwargs.get("pixel_values") is not None, image is not None))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         out = model.generate(
             input_ids=image_prompt_ids(config, batch=1), pixel_values=random_pixels(config, batch=1), max_new_tokens=4, min_new_tokens=4, do_sample=False
         )
     finally:
         hook.remove()
-    assert calls == [True, False, False, False]
+    assert encodings == [1]  # generate encodes before the prefill step
+    assert calls == [(False, True), (False, False), (False, False), (False, False)]
     assert out.shape[1] == config.num_image_tokens + 7 + 4
 
 
@@ -218,6 +233,6 @@ def test_other_vision_towers(vision_type):
     model, _ = build_tiny_checkpoint(resampler_type="mlp", crop_strategy="e2p", hidden_size=32, vision_config=vision)
     config = model.config
     assert config.patch_grid == (4, 4)
-    features = model.get_image_features(random_pixels(config, batch=1))
+    features = model.get_image_features(random_pixels(config, batch=1)).pooler_output
     assert features.shape == (1, config.num_image_tokens, 32)
     assert math.isfinite(features.sum().item())

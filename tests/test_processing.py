@@ -7,6 +7,7 @@ from transformers import AutoProcessor
 from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from processing_panovlm import PanoVLMProcessor
+from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT
 
 
 def user_turn(text, image=True):
@@ -14,20 +15,100 @@ def user_turn(text, image=True):
     return [{"role": "user", "content": content}]
 
 
-def test_chat_template_places_the_image_in_the_user_turn(tiny_mlp):
+def test_chat_template_renders_the_saved_prompt_format(tiny_mlp):
     _, processor = tiny_mlp
-    messages = [{"role": "system", "content": "You are a helpful assistant."}] + user_turn("Where is the red circle?")
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = processor.apply_chat_template(user_turn("the red circle"), add_generation_prompt=True)
+    # No system turn given: the saved system prompt; the question is wrapped in the saved user template.
     assert prompt == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<|image_pad|>\nWhere is the red circle?<|im_end|>\n"
+        f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n"
+        "<|im_start|>user\n<|image_pad|>\n"
+        'In this panoramic image, please provide a concise but detailed description of "the red circle".<|im_end|>\n'
         "<|im_start|>assistant\n"
     )
-    with_answer = processor.apply_chat_template(
-        messages + [{"role": "assistant", "content": [{"type": "text", "text": "In front."}]}]
+    assert processor.apply_chat_template(processor.build_messages("the red circle"), add_generation_prompt=True) == prompt
+    # A system turn given by the caller replaces the default; verbatim text and text-only turns are not wrapped.
+    messages = [{"role": "system", "content": "Be brief."}] + processor.build_messages("Where is it?", verbatim=True)
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|image_pad|>\nWhere is it?<|im_end|>\n"
+        "<|im_start|>assistant\n"
     )
+    text_only = processor.apply_chat_template(user_turn("Hello", image=False), add_generation_prompt=True)
+    assert text_only.endswith("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    with_answer = processor.apply_chat_template(processor.build_messages("the red circle", "In front."))
     # Training renders the same prefix as generation: the image sits at the same place in both.
     assert with_answer.startswith(prompt) and with_answer.endswith("In front.<|im_end|>\n")
+
+
+def test_prompt_format_is_saved_and_restored(tmp_path, panorama):
+    _, processor = build_tiny_checkpoint()
+    processor.set_prompts("You look at 360-degree photos.", 'Q: "{query}"?')
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert (loaded.system_prompt, loaded.user_template) == ("You look at 360-degree photos.", 'Q: "{query}"?')
+    prompt = loaded.apply_chat_template(user_turn("it"), add_generation_prompt=True)
+    assert prompt == processor.apply_chat_template(user_turn("it"), add_generation_prompt=True)
+    assert "You look at 360-degree photos." in prompt and 'Q: "it"?' in prompt
+    processor.set_prompts(None, "{query}")
+    assert processor.apply_chat_template(user_turn("it"), add_generation_prompt=True).startswith("<|im_start|>user")
+    with pytest.raises(ValueError, match="exactly once"):
+        processor.set_prompts("x", "no field")
+
+
+def test_chat_template_with_images_tokenizes_in_one_call(tiny_mlp, panorama, tmp_path):
+    model, processor = tiny_mlp
+    path = tmp_path / "pano.png"
+    panorama.save(path)
+    chats = [
+        [{"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": "left"}]}],
+        [{"role": "user", "content": [{"type": "text", "text": "Just text, no panorama."}]}],
+        [{"role": "user", "content": [{"type": "image", "image": panorama}, {"type": "text", "text": "right"}]}],
+    ]
+    inputs = processor.apply_chat_template(
+        chats, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
+    assert inputs["pixel_values"].shape[0] == 2  # the text-only chat contributes no panorama
+    counts = (inputs["input_ids"] == processor.image_token_id).sum(-1).tolist()
+    assert counts == [processor.num_image_tokens, 0, processor.num_image_tokens]
+    # The path and the PIL image are the same pixels, read by the same loader.
+    assert torch.equal(inputs["pixel_values"][0], inputs["pixel_values"][1])
+    output = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert output.shape[0] == 3
+
+
+def test_images_nested_per_prompt(tiny_mlp, panorama):
+    _, processor = tiny_mlp
+    image_prompt, text_prompt = "<|image_pad|>Describe.", "Nothing to see."
+    nested = processor(images=[[panorama], []], text=[image_prompt, text_prompt], padding=True, return_tensors="pt")
+    flat = processor(images=[panorama], text=[image_prompt, text_prompt], padding=True, return_tensors="pt")
+    assert all(torch.equal(nested[k], flat[k]) for k in flat) and nested["pixel_values"].shape[0] == 1
+    with pytest.raises(ValueError, match=r"per prompt as \[0, 1\].*\[1, 0\]"):
+        processor(images=[[], [panorama]], text=[image_prompt, text_prompt])
+    with pytest.raises(ValueError, match=r"images\[1\] is a single panorama"):
+        processor(images=[[panorama], panorama], text=[image_prompt, image_prompt])
+
+
+def test_file_inputs_go_through_the_panorama_loader(tiny_mlp, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from processing_panovlm import PanoramaImageError
+
+    _, processor = tiny_mlp
+    grey16 = (np.linspace(0, 65535, 64 * 128).reshape(64, 128)).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey16).save(path)
+    from_path = processor(images=path, text="<|image_pad|>x", return_tensors="pt")["pixel_values"]
+    from_string = processor(images=str(path), text="<|image_pad|>x", return_tensors="pt")["pixel_values"]
+    from_array = processor(images=grey16, text="<|image_pad|>x", return_tensors="pt")["pixel_values"]
+    assert torch.equal(from_path, from_string) and torch.equal(from_path, from_array)
+    assert from_path.std() > 0.1  # not saturated, as transformers' load_image makes 16-bit files
+    with pytest.raises(PanoramaImageError, match="not found.*missing.png"):
+        processor(images=tmp_path / "missing.png", text="<|image_pad|>x")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(PanoramaImageError, match="cut.png.*truncated or corrupt"):
+        processor(images=str(truncated), text="<|image_pad|>x")
 
 
 def test_placeholder_expands_to_the_models_token_count(tiny_mlp, panorama):
@@ -82,9 +163,9 @@ def test_per_call_truncation_does_not_leak_into_a_saved_tokenizer(tmp_path, pano
 @pytest.mark.parametrize(
     "text, images, message",
     [
-        ("no placeholder here", 1, "should be the same as the number of images"),
-        ("<|image_pad|> and <|image_pad|>", 1, "should be the same as the number of images"),
-        ("<|image_pad|> describe", 0, "no images were passed"),
+        ("no placeholder here", 1, r"hold \[0\] image placeholders.*1 panorama\(s\) were passed"),
+        ("<|image_pad|> and <|image_pad|>", 1, r"hold \[2\] image placeholders.*1 panorama"),
+        ("<|image_pad|> describe", 0, r"hold \[1\] image placeholders.*0 panorama"),
         ("   ", 1, "empty"),
     ],
 )
@@ -133,14 +214,17 @@ def test_processor_and_model_disagreeing_is_caught_by_the_model(tiny_mlp, panora
         stitching_mode="concat",
     )
     inputs = concat(images=panorama, text="<|image_pad|>Describe.", return_tensors="pt")
-    with pytest.raises(ValueError, match=f"gives {model.config.num_image_tokens} features"):
+    with pytest.raises(ValueError, match=f"hold \\[144\\] image tokens.*give {model.config.num_image_tokens} features"):
         model(**inputs)
 
 
-def test_constructor_errors(tiny_mlp):
+def test_constructor_defaults_and_errors(tiny_mlp):
     _, processor = tiny_mlp
+    from_components = PanoVLMProcessor(processor.image_processor, processor.tokenizer)
+    side = processor.image_processor.image_size // 16  # a patch-16 tower with a token-preserving resampler
+    assert from_components.view_token_grid == [side, side]
     with pytest.raises(ValueError, match="view_token_grid"):
-        PanoVLMProcessor(processor.image_processor, processor.tokenizer)
+        PanoVLMProcessor(processor.image_processor, processor.tokenizer, view_token_grid=[0, 4])
     with pytest.raises(ValueError, match="single token"):
         PanoVLMProcessor(processor.image_processor, processor.tokenizer, view_token_grid=[4, 4], image_token="<image>")
 

@@ -33,6 +33,7 @@ EXPECTED_MODULES = {
     "configuration_panovlm.py",
     "equirect.py",
     "image_loading.py",
+    "image_features.py",
     "image_processing_panovlm.py",
     "modeling_panovlm.py",
     "outputs.py",

@@ -99,7 +99,7 @@ def test_bf16_load_keeps_mamba_state_tensors_in_fp32(tmp_path):
     assert model.lm_head.weight.dtype == torch.bfloat16
     config = model.config
     pixels = torch.randn(1, config.num_views, 3, config.view_size, config.view_size, dtype=torch.bfloat16)
-    features = model.get_image_features(pixels)
+    features = model.get_image_features(pixels).pooler_output
     assert features.dtype == torch.bfloat16 and torch.isfinite(features.float()).all()
 
 

@@ -44,7 +44,7 @@ from modeling_panovlm.training.runner import (
     run_stage,
 )
 from processing_panovlm.data.augmentation import PanoramaAugmentation
-from processing_panovlm.data.captions import build_messages, load_caption_table
+from processing_panovlm.data.captions import load_caption_table
 from processing_panovlm.data.collator import IGNORE_INDEX, PanoVLMDataCollator
 from processing_panovlm.image_loading import load_panorama
 from processing_panovlm.processing_panovlm import PanoVLMProcessor
@@ -158,7 +158,7 @@ def runs(workspace):
 def sample_inputs(workspace):
     """Processor inputs (one panorama, one prompt) built with the tiny checkpoint's processor."""
     processor = AutoProcessor.from_pretrained(workspace.tiny)
-    prompt = processor.apply_chat_template(build_messages("red object"), add_generation_prompt=True)
+    prompt = processor.apply_chat_template(processor.build_messages("red object"), add_generation_prompt=True)
     image = Image.open(workspace.data / "images" / "pano_00000.png")
     return processor(images=image, text=prompt, return_tensors="pt")
 
@@ -556,7 +556,7 @@ def test_collator_masks_prompt_image_and_padding_and_keeps_the_answer(tiny_mlp, 
         assert int((ids == processor.image_token_id).sum()) == processor.num_image_tokens
         assert (labels[ids == processor.image_token_id] == IGNORE_INDEX).all()
         # The unlabelled prefix is exactly the generation prompt, tokenised as at inference.
-        prompt = processor.apply_chat_template(build_messages(row["query"]), add_generation_prompt=True)
+        prompt = processor.apply_chat_template(processor.build_messages(row["query"]), add_generation_prompt=True)
         prompt_ids = processor(images=Image.open(row["image"]), text=prompt)["input_ids"][0]
         assert ids[: len(prompt_ids)].tolist() == list(prompt_ids)
         assert (labels[: len(prompt_ids)] == IGNORE_INDEX).all()

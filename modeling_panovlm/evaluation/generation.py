@@ -24,9 +24,9 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
-from processing_panovlm.data.captions import build_messages
 from processing_panovlm.image_loading import PanoramaImageError
 
 
@@ -119,36 +119,27 @@ def group_rows(table: datasets.Dataset) -> list[CaptionGroup]:
 
 
 def _expanded_prompt(processor, group: CaptionGroup) -> str:
-    prompt = processor.apply_chat_template(build_messages(group.query, group.prompt_style), add_generation_prompt=True)
-    # What the processor does when it is given the image: one placeholder per image token.
-    return prompt.replace(processor.image_token, processor.image_token * processor.num_image_tokens)
+    messages = processor.build_messages(group.query, verbatim=group.prompt_style == "instruction")
+    return processor.expand_image_tokens(processor.apply_chat_template(messages, add_generation_prompt=True))
 
 
 @torch.no_grad()
 def _encode_images(model, processor, images: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Image features `(num_image_tokens, hidden)` per loadable image, and the error of each other image."""
-    pixel_values, errors, loaded = [], {}, []
+    inputs, errors, loaded = [], {}, []
     for image in images:
-        if image.startswith(("http://", "https://")):
-            errors[image] = (
-                "remote images are not fetched during evaluation: download them and point `url` at the files"
-            )
-            continue
         try:
-            inputs = processor.image_processor(image, return_tensors="pt")
-        except (PanoramaImageError, OSError) as error:
+            inputs.append(processor.image_processor(image, return_tensors="pt"))
+        except PanoramaImageError as error:
             errors[image] = str(error)
             continue
-        # The views must be the ones config.json lays out; the plain generate path checks the same.
-        model.model._check_view_metadata(
-            **{key: inputs[key] for key in ("view_yaw_deg", "view_pitch_deg", "view_fov_deg")}
-        )
-        pixel_values.append(inputs["pixel_values"])
         loaded.append(image)
     if not loaded:
         return {}, errors
-    stacked = torch.cat(pixel_values).to(model.device, model.dtype)
-    features = model.get_image_features(stacked)
+    batch = {key: torch.cat([item[key] for item in inputs]).to(model.device) for key in inputs[0]}
+    # The view directions go with the pixels: the model checks them against config.json.
+    batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    features = model.get_image_features(**batch, return_dict=True).pooler_output
     return dict(zip(loaded, features)), errors
 
 
@@ -164,8 +155,9 @@ def generate_from_features(
 
     Args:
         prompts: chat-templated prompts, each with its image placeholder already expanded to
-            `processor.num_image_tokens` tokens.
-        image_features: `(len(prompts), num_image_tokens, text_hidden)` from `model.get_image_features`.
+            `processor.num_image_tokens` tokens (`processor.expand_image_tokens`).
+        image_features: `(len(prompts), num_image_tokens, text_hidden)`, the `pooler_output` of
+            `model.get_image_features`.
         generation_config: decoding settings.
 
     Returns:
@@ -173,15 +165,10 @@ def generate_from_features(
         `model.generate(**processor(images, prompts, padding=True))` for the same batch.
     """
     text = processor.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(model.device)
-    embeddings = model.get_input_embeddings()(text["input_ids"])
-    image_features = image_features.to(embeddings.device, embeddings.dtype)
-    mask = model.model.get_placeholder_mask(text["input_ids"], embeddings, image_features)
-    embeddings = embeddings.masked_scatter(mask, image_features)
-    # Given only inputs_embeds, generate returns just the new tokens.
-    output = model.generate(
-        inputs_embeds=embeddings, attention_mask=text["attention_mask"], generation_config=generation_config
-    )
-    return [caption.strip() for caption in processor.batch_decode(output, skip_special_tokens=True)]
+    encoded = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
+    output = model.generate(**text, mm_encoder_outputs=encoded, generation_config=generation_config)
+    new_tokens = output[:, text["input_ids"].shape[1] :]
+    return [caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 @torch.no_grad()

@@ -24,9 +24,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArg
 from modeling_panovlm.hub.cards import write_adapter_card
 from processing_panovlm.data.augmentation import PanoramaAugmentation
 from processing_panovlm.data.captions import (
-    DEFAULT_SYSTEM_PROMPT,
-    DEFAULT_USER_TEMPLATE,
-    REASONS,
+    EMPTY_ANNOTATION,
     RowProblem,
     load_caption_table,
     scan_images,
@@ -97,8 +95,9 @@ class StageOptions:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.1
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    user_template: str = DEFAULT_USER_TEMPLATE
+    # The prompt format; None keeps the one saved with the model's processor, "" (system prompt) means none.
+    system_prompt: str | None = None
+    user_template: str | None = None
     max_length: int | None = None
     dataloader_num_workers: int = 0
     # runtime
@@ -130,7 +129,7 @@ def prepare_table(csv: str, output_dir: Path, split: str, needs_text: bool, augm
     problems: list[RowProblem] = []
     if needs_text:
         empty = [(r, u) for r, u, a in zip(table["row"], table["url"], table["annotation"]) if not a.strip()]
-        problems += [RowProblem(row, url, REASONS[5], "no caption to learn from") for row, url in empty]
+        problems += [RowProblem(row, url, EMPTY_ANNOTATION, "no caption to learn from") for row, url in empty]
         table = table.filter(lambda text: [bool(t.strip()) for t in text], input_columns="annotation", batched=True)
     table, image_problems = scan_images(table)
     problems = sorted(problems + image_problems, key=lambda problem: problem.row)
@@ -146,6 +145,13 @@ def run_stage(options: StageOptions) -> Path:
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
     processor = AutoProcessor.from_pretrained(options.model)
+    if options.system_prompt is not None or options.user_template is not None:
+        # Set on the processor, which every checkpoint and the output save: evaluation and inference then ask the
+        # way training did.
+        processor.set_prompts(
+            processor.system_prompt if options.system_prompt is None else (options.system_prompt or None),
+            options.user_template or processor.user_template,
+        )
     model = AutoModelForImageTextToText.from_pretrained(options.model)
     needs_text = spec.loss == "lm"
     train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment)
@@ -170,8 +176,6 @@ def run_stage(options: StageOptions) -> Path:
     collator = PanoVLMDataCollator(
         processor,
         views_only=not needs_text,
-        system_prompt=options.system_prompt,
-        user_template=options.user_template,
         augmentation=augmentation,
         max_length=options.max_length,
     )

@@ -43,9 +43,12 @@ class PanoVLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.stage.loss != "overlap_vicreg":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Through the (possibly DDP-wrapped) model's forward, so distributed gradient hooks see the computation.
-        outputs = model(**{k: v for k, v in inputs.items() if k == "pixel_values" or k.startswith("view_")})
-        loss, terms = overlap_vicreg_loss(outputs.view_embeddings, base_model(model).config.view_layout, self.vicreg_weights)
+        # Through the (possibly DDP-wrapped) model's forward, so distributed gradient hooks see the computation; the
+        # layout comes from the unwrapped model, which a distributed wrapper does not expose.
+        views = {k: v for k, v in inputs.items() if k == "pixel_values" or k.startswith("view_")}
+        outputs = model(**views, output_view_embeddings=True)
+        layout = base_model(self.model).config.view_layout
+        loss, terms = overlap_vicreg_loss(outputs.view_embeddings, layout, self.vicreg_weights)
         if model.training:  # evaluation batches must not leak into the logged training terms
             for name, value in terms.items():
                 self._vicreg_terms[name].append(value.item())

@@ -6,8 +6,8 @@ with `datasets`, every value kept verbatim as a string (a reference that reads "
 decoded here: `scan_images` checks each distinct image once and reports every row it cannot use, with the reason;
 nothing is dropped silently.
 
-Training and evaluation build prompts with the same `build_messages`, so the image placeholder and the wording are
-identical in both.
+Training and evaluation build prompts with the same `PanoVLMProcessor.build_messages` and chat template (the prompt
+format saved with the processor), so the image placeholder and the wording are identical in both.
 """
 
 from __future__ import annotations
@@ -16,21 +16,18 @@ import csv
 import json
 import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
-from PIL import Image, UnidentifiedImageError
 
-from processing_panovlm.image_loading import PanoramaImageError, check_panorama_size
+from processing_panovlm.image_loading import REASONS as IMAGE_REASONS
+from processing_panovlm.image_loading import PanoramaImageError, is_remote, probe_panorama
 
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Describe the panorama image."
-DEFAULT_USER_TEMPLATE = 'In this panoramic image, please provide a concise but detailed description of "{query}".'
 
 _COLUMN_SETS = {("url", "query", "annotation"): "query", ("url", "instruction", "response"): "instruction"}
 
@@ -46,14 +43,8 @@ class RowProblem:
     detail: str
 
 
-REASONS = (
-    "image file not found",
-    "not an image",
-    "truncated or corrupt image",
-    "decompression bomb",
-    "not a 2:1 panorama",
-    "empty annotation",
-)
+EMPTY_ANNOTATION = "empty annotation"
+REASONS = (*IMAGE_REASONS, EMPTY_ANNOTATION)
 
 
 def load_caption_table(path: str | os.PathLike) -> datasets.Dataset:
@@ -91,7 +82,7 @@ def load_caption_table(path: str | os.PathLike) -> datasets.Dataset:
 
     def resolve(batch: dict, indices: list[int]) -> dict:
         return {
-            "image": [url if url.startswith(("http://", "https://")) else str(base / url) for url in batch["url"]],
+            "image": [url if is_remote(url) else str(base / url) for url in batch["url"]],
             "prompt_style": [style] * len(indices),
             "row": [index + 1 for index in indices],
         }
@@ -100,28 +91,12 @@ def load_caption_table(path: str | os.PathLike) -> datasets.Dataset:
 
 
 def _check_image(location: str, aspect_ratio_tolerance: float) -> tuple[str, str] | None:
-    """None if the image at `location` decodes as a 2:1 panorama, else (reason, detail)."""
-    if location.startswith(("http://", "https://")):
-        return None  # fetched when used; a failure there raises with the URL
+    """None if the image at `location` (a path or an http(s) URL) would load as a 2:1 panorama, else (reason,
+    detail): `probe_panorama` refuses exactly what `load_panorama` would."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(location) as image:
-                check_panorama_size(image.height, image.width, location, aspect_ratio_tolerance)
-                # Decoding at reduced scale (JPEG DCT scaling) still reads the whole stream, so truncated files
-                # fail here, at a fraction of the cost of a full decode.
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
-    except FileNotFoundError as error:
-        return REASONS[0], str(error)
-    except UnidentifiedImageError as error:
-        return REASONS[1], str(error)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        return REASONS[3], str(error)
+        probe_panorama(location, aspect_ratio_tolerance)
     except PanoramaImageError as error:
-        return REASONS[4], str(error)
-    except OSError as error:  # truncated or corrupt data
-        return REASONS[2], str(error)
+        return error.reason, str(error)
     return None
 
 
@@ -130,8 +105,9 @@ def scan_images(
 ) -> tuple[datasets.Dataset, list[RowProblem]]:
     """Check every distinct local image of `table` once; return the usable rows and a problem per dropped row.
 
-    A row is dropped when its image is missing, not an image, truncated/corrupt, a decompression bomb or not 2:1.
-    Remote (http) images are not fetched here.
+    A row is dropped when its image is missing, not an image, truncated/corrupt, a decompression bomb, not 2:1 (after
+    EXIF orientation), of an unsupported format or, for http(s) rows, cannot be fetched; the detail names the file or
+    URL and the report the row.
     """
     locations = sorted(set(table["image"]))
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
@@ -167,34 +143,9 @@ def write_data_report(output_dir: str | os.PathLike, name: str, total_rows: int,
     return path
 
 
-def build_messages(
-    query: str,
-    prompt_style: str = "query",
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    user_template: str = DEFAULT_USER_TEMPLATE,
-    answer: str | None = None,
-) -> list[dict]:
-    """Chat messages for one sample: optional system turn, a user turn holding the image then the text, and (for
-    training) the assistant's answer. `prompt_style="query"` formats `user_template` with the query;
-    `"instruction"` uses the query text as the user turn verbatim."""
-    if prompt_style not in ("query", "instruction"):
-        raise ValueError(f"prompt_style must be 'query' or 'instruction', got {prompt_style!r}")
-    if not query.strip():
-        raise ValueError("the query / instruction is empty")
-    text = user_template.format(query=query) if prompt_style == "query" else query
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
-
-
 __all__ = [
-    "DEFAULT_SYSTEM_PROMPT",
-    "DEFAULT_USER_TEMPLATE",
     "REASONS",
     "RowProblem",
-    "build_messages",
     "load_caption_table",
     "scan_images",
     "write_data_report",

@@ -1,7 +1,8 @@
 """Batches for training: caption-table rows -> `pixel_values`, chat-formatted `input_ids`, `labels`.
 
 Each row (`image`, `query`, `annotation`, `prompt_style`, `row`, as `caption_data.load_caption_table` gives) becomes
-the chat `[system, user(image + text), assistant(annotation)]`. The prompt part (everything up to and including
+the chat `[user(image + text), assistant(annotation)]` of `PanoVLMProcessor.build_messages`, rendered by the
+processor's chat template (which adds the saved system prompt and user template). The prompt part (everything up to and including
 the generation prompt, with the image placeholder expanded) is tokenised exactly as at generation time and masked
 out of the labels; the answer part (annotation + end of turn) is the target. Batches are padded on the right;
 padding and image tokens are never targets.
@@ -10,13 +11,11 @@ padding and image tokens are never targets.
 from __future__ import annotations
 
 import torch
-from transformers.image_utils import load_image
 
 from processing_panovlm.image_loading import load_panorama
 from processing_panovlm.processing_panovlm import PanoVLMProcessor
 
 from .augmentation import PanoramaAugmentation
-from .captions import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE, build_messages
 
 
 IGNORE_INDEX = -100
@@ -28,7 +27,6 @@ class PanoVLMDataCollator:
     Args:
         processor: the model's `PanoVLMProcessor`.
         views_only: return only `pixel_values` and the view metadata (the vision stage needs no text).
-        system_prompt, user_template: see `caption_data.build_messages`.
         augmentation: applied to the panoramas of rows whose `augment` column is true (or absent); tables of
             evaluation data carry `augment=False`, so they are never augmented.
         max_length: longest sequence; a longer answer is cut, keeping its end-of-turn tokens. The prompt and its
@@ -41,24 +39,18 @@ class PanoVLMDataCollator:
         self,
         processor: PanoVLMProcessor,
         views_only: bool = False,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        user_template: str = DEFAULT_USER_TEMPLATE,
         augmentation: PanoramaAugmentation | None = None,
         max_length: int | None = None,
     ):
         self.processor = processor
         self.views_only = views_only
-        self.system_prompt = system_prompt
-        self.user_template = user_template
         self.augmentation = augmentation
         self.max_length = max_length
         self.epoch = 0
 
     def load(self, row: dict) -> torch.Tensor:
         """The row's panorama as `(3, H, W)` float in [0, 1], augmented when an augmentation is set."""
-        location = row["image"]
-        image = load_image(location) if location.startswith(("http://", "https://")) else location
-        panorama = load_panorama(image, self.processor.image_processor.aspect_ratio_tolerance) / 255.0
+        panorama = load_panorama(row["image"], self.processor.image_processor.aspect_ratio_tolerance) / 255.0
         if self.augmentation is not None and row.get("augment", True):
             panorama = self.augmentation(panorama, row=row["row"], epoch=self.epoch)
         return panorama
@@ -70,14 +62,12 @@ class PanoVLMDataCollator:
 
         prompts, answers = [], []
         for row in rows:
+            verbatim = row["prompt_style"] == "instruction"
             prompt = self.processor.apply_chat_template(
-                build_messages(row["query"], row["prompt_style"], self.system_prompt, self.user_template),
-                add_generation_prompt=True,
+                self.processor.build_messages(row["query"], verbatim=verbatim), add_generation_prompt=True
             )
             full = self.processor.apply_chat_template(
-                build_messages(
-                    row["query"], row["prompt_style"], self.system_prompt, self.user_template, row["annotation"]
-                )
+                self.processor.build_messages(row["query"], row["annotation"], verbatim=verbatim)
             )
             if not full.startswith(prompt):
                 raise ValueError("the chat template renders the prompt differently with and without the answer")
