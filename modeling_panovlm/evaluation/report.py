@@ -41,11 +41,14 @@ def write_evaluation_outputs(
     problems: Sequence[RowProblem] = (),
     data: dict | None = None,
     generation: dict | None = None,
+    tokenizer: str = "java-ptb",
 ) -> dict:
     """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
-    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record.
-    Returns the metrics.json content."""
-    results, tokenizer = score_predictions(rows, protocols, metrics_style)
+    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record;
+    `metrics_style` and `tokenizer` as in `score_predictions`, which raises before anything is written. Both files
+    name the tokenizer the scores were computed with (`java-ptb`, `python` or `whitespace`). Returns the
+    metrics.json content."""
+    results, tokenizer = score_predictions(rows, protocols, metrics_style, tokenizer)
     reasons = Counter(problem.reason for problem in problems)
     summary = {
         "metrics_style": metrics_style,
@@ -84,6 +87,11 @@ def render_report(summary: dict) -> str:
         lines.append(f"| {metric} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in values) + " |")
     unavailable = {metric: reason for scores in protocols.values() for metric, reason in scores["unavailable"].items()}
     lines += [""] + [f"- {metric} not computed: {reason}" for metric, reason in unavailable.items()]
+    if summary["tokenizer"] == "python":
+        lines.append(
+            "- Tokenized by the pure-Python PTB re-creation (opted in), not pycocoevalcap's Java PTBTokenizer: "
+            "scores can differ from Java-tokenized ones by up to about 1%."
+        )
     data = summary["data"]
     dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
     lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")
