@@ -105,7 +105,8 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(workspace):
     """The three stages chained in-process. The resampler stage's table has a missing image, a corrupt image and an
-    empty annotation; the finetune stage evaluates on the test split while a spy records what the collator loads."""
+    empty annotation; the finetune stage starts from a relative base path and evaluates on the test split while a
+    spy records what the collator loads."""
     root = workspace.root
     (workspace.data / "images" / "broken.png").write_bytes(
         (workspace.data / "images" / "pano_00000.png").read_bytes()[:300]
@@ -144,9 +145,10 @@ def runs(workspace):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PanoVLMDataCollator, "load", spy)
+        patch.chdir(root)  # the base is given relative to the working directory, as `train.py --model resampler`
         finetune = run_stage(
             StageOptions(
-                stage="finetune", model=str(resampler), train_csv=str(workspace.train), eval_csv=str(workspace.test),
+                stage="finetune", model="resampler", train_csv=str(workspace.train), eval_csv=str(workspace.test),
                 output_dir=str(root / "finetune"), max_steps=FINETUNE_STEPS, learning_rate=1e-3, save_steps=2,
                 eval_steps=FINETUNE_STEPS, lora_r=8, lora_alpha=16, **COMMON,
             )
@@ -386,9 +388,29 @@ def test_finetune_adapter_loads_identically_every_way_and_merges(runs, sample_in
     torch.testing.assert_close(logits_of(merged, sample_inputs), reference, atol=1e-4, rtol=1e-4)
 
 
+def test_adapter_of_a_relative_base_records_its_absolute_path_and_loads_from_anywhere(
+    runs, sample_inputs, monkeypatch, tmp_path
+):
+    # The finetune stage was given `resampler`, relative to the run directory: the adapter and its checkpoints
+    # record the absolute path, so they load from any working directory.
+    for directory in (runs.finetune, runs.finetune / f"checkpoint-{FINETUNE_STEPS}"):
+        recorded = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert recorded == str(runs.resampler.resolve()), directory
+    reference = logits_of(
+        PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(runs.resampler), runs.finetune),
+        sample_inputs,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    auto, info = AutoModelForImageTextToText.from_pretrained(runs.finetune, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(logits_of(auto, sample_inputs), reference)
+
+
 def test_adapter_records_the_previous_stage_and_is_pushed_with_a_hub_base(runs, monkeypatch, tmp_path):
     recorded = json.loads((runs.finetune / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert recorded == str(runs.resampler)  # what run_stage writes: where the stage started
+    assert recorded == str(runs.resampler.resolve())  # what run_stage writes: where the stage started
 
     uploaded = tmp_path / "uploaded"
 

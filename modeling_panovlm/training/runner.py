@@ -145,8 +145,11 @@ def run_stage(options: StageOptions) -> Path:
     """Train one stage and write its output directory; returns it."""
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
-    processor = AutoProcessor.from_pretrained(options.model)
-    model = AutoModelForImageTextToText.from_pretrained(options.model)
+    # A local directory is loaded by its absolute path: PEFT records the base's path as the adapter's
+    # `base_model_name_or_path`, and a relative one would not load from another working directory. Hub ids stay.
+    source = str(Path(options.model).resolve()) if Path(options.model).is_dir() else options.model
+    processor = AutoProcessor.from_pretrained(source)
+    model = AutoModelForImageTextToText.from_pretrained(source)
     needs_text = spec.loss == "lm"
     train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment)
     evaluation = prepare_table(options.eval_csv, output_dir, "eval", needs_text, False) if options.eval_csv else None
