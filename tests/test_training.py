@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import load_file
@@ -189,13 +190,21 @@ def test_resampler_stage_trains_resampler_and_projector_with_the_lm_frozen(runs)
             assert torch.equal(before[key], after[key]), key
 
 
-def test_finetune_stage_trains_lora_on_the_lm_and_saves_resampler_and_projector(runs):
+def test_finetune_stage_trains_lora_on_the_lm_and_saves_resampler_and_projector(workspace, runs):
     adapter = load_file(runs.finetune / "adapter_model.safetensors")
     config = json.loads((runs.finetune / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8
     assert config["modules_to_save"] == ["resampler", "multi_modal_projector"]
     card = (runs.finetune / "README.md").read_text()  # a PanoVLM adapter card, not PEFT's empty template
-    assert "library_name: peft" in card and "pipeline_tag: image-text-to-text" in card and "More Information Needed" not in card
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "image-text-to-text"
+    assert "base_model" not in meta  # the base is a local directory, not a Hub id: only the text names it
+    assert meta["panovlm"]["training_stage"] == "finetune" and meta["panovlm"]["lora"]["r"] == 8
+    assert meta["panovlm"]["lora"]["modules_to_save"] == ["resampler", "multi_modal_projector"]
+    base_config = AutoModelForImageTextToText.from_pretrained(runs.resampler).config
+    assert meta["panovlm"]["resampler"]["type"] == base_config.resampler_config.resampler_type
+    assert meta["panovlm"]["view_layout"]["image_tokens"] == base_config.num_image_tokens
+    assert f"Data: `{workspace.train}`" in card and "More Information Needed" not in card
     assert not any(".default" in key for key in adapter)
     lora = {k: v for k, v in adapter.items() if ".lora_" in k}
     # 2 decoder layers x 7 projections, an A and a B each; nothing outside the LM's decoder layers.
@@ -346,7 +355,9 @@ def test_stage_outputs_and_trainer_checkpoints_load_with_the_auto_classes(runs, 
         if stage == "finetune":
             assert (directory / "adapter_config.json").is_file() and hasattr(model, "peft_config")
             card = (directory / "README.md").read_text()  # checkpoints too get our card, not PEFT's template
-            assert "library_name: peft" in card and "More Information Needed" not in card, directory
+            meta = yaml.safe_load(card.split("---\n")[1])
+            assert meta["library_name"] == "peft" and meta["panovlm"]["training_stage"] == "finetune", directory
+            assert "More Information Needed" not in card, directory
         else:
             assert model.config.training_stage == stage
             assert {"config.json", "generation_config.json", "model.safetensors"} <= {p.name for p in directory.iterdir()}

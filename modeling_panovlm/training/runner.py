@@ -227,7 +227,7 @@ def run_stage(options: StageOptions) -> Path:
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
-            write_adapter_card(output_dir)
+            write_adapter_card(output_dir, training_data=options.train_csv)
     return output_dir
 
 
