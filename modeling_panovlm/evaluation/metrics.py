@@ -31,6 +31,7 @@ reason; no other value is ever stored under its name.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -269,23 +270,29 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
     return rows
 
 
-def write_predictions(path: str | os.PathLike, rows: Sequence[PredictionRow]) -> Path:
-    """Write predictions.csv atomically (a temporary file renamed into place). Returns the path."""
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it into place: a reader (or a crash) never sees a
+    half-written file. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", newline="", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp"
-    )
+    handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp")
     try:
         with handle:
-            writer = csv.writer(handle)
-            writer.writerow(PREDICTION_COLUMNS)
-            writer.writerows([row.url, row.query, row.prediction, row.annotation] for row in rows)
+            handle.write(text)
         os.replace(handle.name, path)
     except BaseException:
         os.unlink(handle.name)
         raise
     return path
+
+
+def write_predictions(path: str | os.PathLike, rows: Sequence[PredictionRow]) -> Path:
+    """Write predictions.csv atomically (`write_text_atomically`). Returns the path."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(PREDICTION_COLUMNS)
+    writer.writerows([row.url, row.query, row.prediction, row.annotation] for row in rows)
+    return write_text_atomically(path, buffer.getvalue())
 
 
 def scores_to_dict(scores: ProtocolScores, per_unit: bool = False) -> dict:
@@ -311,4 +318,5 @@ __all__ = [
     "score_predictions",
     "scores_to_dict",
     "write_predictions",
+    "write_text_atomically",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -13,14 +12,7 @@ from pathlib import Path
 
 from processing_panovlm.data.captions import RowProblem
 
-from .metrics import PredictionRow, score_predictions, scores_to_dict
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+from .metrics import PredictionRow, score_predictions, scores_to_dict, write_text_atomically
 
 
 def _versions() -> dict[str, str | None]:
@@ -65,8 +57,8 @@ def write_evaluation_outputs(
         "versions": _versions(),
     }
     output_dir = Path(output_dir)
-    _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _write_atomically(output_dir / "report.md", render_report(summary))
+    write_text_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(output_dir / "report.md", render_report(summary))
     return summary
 
 

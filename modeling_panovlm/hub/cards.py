@@ -1,4 +1,4 @@
-"""Model cards of PanoVLM checkpoints and LoRA adapters, and the Hub repository a local path refers to.
+"""Model cards of PanoVLM checkpoints and LoRA adapters.
 
 Cards are `huggingface_hub.ModelCard`s rendered by `ModelCard.from_template` from one Jinja template shipped with
 the package (`templates/model_card.md`): the YAML metadata is a `ModelCardData` (library, pipeline, tags, base
@@ -9,27 +9,22 @@ resampler sizes, view layout and training stage); this module computes the facts
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
 
+from .card_metrics import evaluation_section, read_metrics
+from .repo_ids import hub_repo_id
 
-logger = logging.getLogger(__name__)
 
 PANOVLM_TAGS = ("panovlm", "panorama", "360-degree", "equirectangular", "image-text-to-text")
 # The install line cards show. The distribution is `panovlm` (setup.py); the Auto classes need it imported.
 INSTALL_COMMAND = "pip install panovlm"
-# What a Hub repository id looks like (`namespace/name`); anything else recorded as a model name is a local path.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# The cache layout of `huggingface_hub` (`.../models--namespace--name/snapshots/<commit>`), which still names the repo.
-_HUB_CACHE_DIR = re.compile(r"models--(?P<namespace>[\w.-]+?)--(?P<name>[\w.-]+)/snapshots/[0-9a-f]{40}/?$")
 _RESAMPLER_SIZES = {
     "bimamba": ("hidden_dim", "depth", "expand", "d_state", "d_conv", "dt_rank", "norm_first"),
     "mlp": ("hidden_dim", "depth", "use_ln"),
@@ -50,29 +45,6 @@ _STAGE_LIMITATIONS = {
 }
 # Names ending so are data files (`data/train.csv`), never Hub dataset ids, even where no such file exists here.
 _DATA_FILE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".txt", ".tar", ".zip", ".gz"}
-# The evaluation metrics that go into `model-index`, by metrics.json name.
-_METRIC_TYPES = {
-    "BLEU-1": "bleu",
-    "BLEU-2": "bleu",
-    "BLEU-3": "bleu",
-    "BLEU-4": "bleu",
-    "METEOR": "meteor",
-    "ROUGE-L": "rouge",
-    "CIDEr-D": "cider",
-    "SPICE": "spice",
-}
-
-
-def hub_repo_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The Hub repository `name_or_path` refers to: itself when it is a repo id that is not a local directory, the
-    repo of a `huggingface_hub` cache snapshot directory, else `None` (a plain local path, or nothing recorded)."""
-    if not name_or_path:
-        return None
-    text = str(name_or_path)
-    cached = _HUB_CACHE_DIR.search(text.replace(os.sep, "/"))
-    if cached:
-        return f"{cached['namespace']}/{cached['name']}"
-    return text if _HUB_ID.fullmatch(text) and not Path(text).exists() else None
 
 
 def _tower(config) -> dict:
@@ -136,73 +108,6 @@ def _hub_dataset_ids(names: list[str]) -> list[str] | None:
     return ids or None
 
 
-def read_metrics(metrics: str | os.PathLike | dict) -> dict:
-    """The content of a `metrics.json` written by `examples/evaluate.py`, checked for what cards use.
-
-    Raises:
-        ValueError: a key is missing or a value has the wrong type (the message names the file and key).
-    """
-    where = "metrics" if isinstance(metrics, dict) else str(metrics)
-    summary = metrics if isinstance(metrics, dict) else json.loads(Path(metrics).read_text(encoding="utf-8"))
-    for key in ("metrics_style", "tokenizer", "protocols", "data"):
-        if key not in summary:
-            raise ValueError(f"{where}: no {key!r}; expected the metrics.json that examples/evaluate.py writes")
-    if not isinstance(summary["protocols"], dict) or not summary["protocols"]:
-        raise ValueError(f"{where}: 'protocols' must map each protocol to its scores")
-    for protocol, scores in summary["protocols"].items():
-        for key in ("units", "scores", "unavailable"):
-            if key not in scores:
-                raise ValueError(f"{where}: protocols.{protocol} has no {key!r}")
-        for name, value in scores["scores"].items():
-            if value is not None and not isinstance(value, (int, float)):
-                raise ValueError(f"{where}: protocols.{protocol}.scores.{name} must be a number or null, got {value!r}")
-    return summary
-
-
-def _evaluation(summary: dict) -> tuple[dict, list[EvalResult]]:
-    """Template values of the evaluation section, and the `model-index` results of every computed score."""
-    data = summary["data"]
-    source = str(data.get("source") or "not recorded")
-    dataset = hub_repo_id(source) or Path(source).name
-    protocols = [{"name": name, **scores} for name, scores in summary["protocols"].items()]
-    generation = summary.get("generation") or {}
-    settings = generation.get("settings") or {}
-    results = [
-        EvalResult(
-            task_type="image-text-to-text",
-            task_name="Panorama captioning",
-            dataset_type=dataset,
-            dataset_name=source,
-            metric_type=_METRIC_TYPES.get(metric, metric.lower()),
-            metric_name=f"{metric} ({protocol['name']})",
-            metric_value=value,
-            metric_args={
-                "protocol": protocol["name"],
-                "metrics_style": summary["metrics_style"],
-                "tokenizer": summary["tokenizer"],
-                "units": protocol["units"],
-            },
-        )
-        for protocol in protocols
-        for metric, value in protocol["scores"].items()
-        if value is not None
-    ]
-    facts = {
-        "source": source,
-        "rows": data.get("rows_scored", "n/a"),
-        "dropped": data.get("rows_dropped", 0),
-        "style": summary["metrics_style"],
-        "tokenizer": summary["tokenizer"],
-        "generation": f"{settings['decoding']} decoding, at most {settings['max_new_tokens']} new tokens"
-        if {"decoding", "max_new_tokens"} <= settings.keys()
-        else None,
-        "protocols": protocols,
-        "metrics": list(dict.fromkeys(metric for protocol in protocols for metric in protocol["scores"])),
-        "unavailable": {m: r for protocol in protocols for m, r in protocol["unavailable"].items()},
-    }
-    return facts, results
-
-
 def _render(
     data: ModelCardData,
     *,
@@ -217,7 +122,7 @@ def _render(
     title = repo_id.rstrip("/").split("/")[-1]
     evaluation = None
     if metrics is not None:
-        evaluation, data.eval_results = _evaluation(read_metrics(metrics))
+        evaluation, data.eval_results = evaluation_section(read_metrics(metrics))
         data.model_name = title
     stage = panovlm.get("training_stage")
     template = resources.files(__package__).joinpath("templates", "model_card.md").read_text(encoding="utf-8")
@@ -390,7 +295,5 @@ __all__ = [
     "PANOVLM_TAGS",
     "build_adapter_card",
     "build_model_card",
-    "hub_repo_id",
-    "read_metrics",
     "write_adapter_card",
 ]

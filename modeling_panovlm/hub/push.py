@@ -24,7 +24,9 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, HfApi
 
 from . import remote_code
-from .cards import _HUB_ID, build_adapter_card, build_model_card, hub_repo_id, read_metrics
+from .card_metrics import read_metrics
+from .cards import build_adapter_card, build_model_card
+from .repo_ids import HUB_ID, hub_repo_id
 
 
 logger = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ def push_adapter_to_hub(
         configs = [json.loads(path.read_text(encoding="utf-8")) for path in config_paths]
         recorded = {config.get("base_model_name_or_path") for config in configs}
         base = base_model_repo_id or (hub_repo_id(*recorded) if len(recorded) == 1 else None)
-        if base is None or not _HUB_ID.fullmatch(base):
+        if base is None or not HUB_ID.fullmatch(base):
             raise ValueError(
                 f"the adapter's base model was loaded from {sorted(map(str, recorded))}, which is not a Hub repository; "
                 "pass base_model_repo_id='namespace/name' (where the base model was pushed)"
