@@ -340,6 +340,9 @@ def test_adapter_card_of_a_local_adapter_names_its_base_by_path_only(tmp_path):
 
 def test_cards_refuse_a_metrics_file_they_cannot_read(tmp_path, tiny_mlp):
     bad = tmp_path / "metrics.json"
+    bad.write_text('{"metrics_style": "coco",')  # cut off mid-write
+    with pytest.raises(ValueError, match=r"metrics.json is not valid JSON"):
+        build_model_card(tiny_mlp[0].config, "someone/pano", metrics=bad)
     bad.write_text(json.dumps({"metrics_style": "coco", "tokenizer": "python", "data": {}}))
     with pytest.raises(ValueError, match=r"metrics.json: no 'protocols'"):
         build_model_card(tiny_mlp[0].config, "someone/pano", metrics=bad)

@@ -32,7 +32,15 @@ def read_metrics(metrics: str | os.PathLike | dict) -> dict:
         ValueError: a key is missing or a value has the wrong type (the message names the file and key).
     """
     where = "metrics" if isinstance(metrics, dict) else str(metrics)
-    summary = metrics if isinstance(metrics, dict) else json.loads(Path(metrics).read_text(encoding="utf-8"))
+    if isinstance(metrics, dict):
+        summary = metrics
+    else:
+        try:
+            summary = json.loads(Path(metrics).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where} is not valid JSON ({error}); expected a metrics.json") from error
+    if not isinstance(summary, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(summary).__name__}")
     for key in ("metrics_style", "tokenizer", "protocols", "data"):
         if key not in summary:
             raise ValueError(f"{where}: no {key!r}; expected the metrics.json that examples/evaluate.py writes")
