@@ -18,7 +18,7 @@ from .generation import (
     greedy_generation_config,
     group_rows,
 )
-from .metrics import PredictionRow, write_predictions
+from .metrics import PredictionRow, check_scoring_requirements, write_predictions
 from .report import write_evaluation_outputs
 
 
@@ -36,6 +36,7 @@ def evaluate_caption_table(
     show_progress: bool = True,
     log_interval: int | None = None,
     model_name: str | None = None,
+    tokenizer: str = "java-ptb",
 ) -> dict:
     """Evaluate `model` on a QuIC-360-style table and write `predictions.csv` (one row per reference),
     `metrics.json` and `report.md` into `output_dir`.
@@ -43,8 +44,10 @@ def evaluate_caption_table(
     Rows whose panorama cannot be used, or whose query is empty, are dropped and reported with their reason. One
     caption is generated per (image, query) group; `max_samples` keeps the first N groups with all their rows.
     `protocols` defaults to both for the `coco` style and per-row for `panollava`. `seed` seeds sampling (it is
-    recorded; greedy decoding does not need it). Returns the metrics.json content.
+    recorded; greedy decoding does not need it). `tokenizer` as in `score_predictions`; what scoring needs is checked
+    before anything is generated. Returns the metrics.json content.
     """
+    check_scoring_requirements(metrics_style, tokenizer)
     table = load_caption_table(table_path)
     kept, problems = scan_images(table)
     problems = list(problems)
@@ -79,7 +82,7 @@ def evaluate_caption_table(
         "rows_skipped_by_max_samples": len(kept) - sum(len(group.rows) for group in groups),
     }
     generation = {"model": model_name, "batch_size": batch_size, **stats, "settings": generation_settings(config, seed)}
-    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation)
+    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation, tokenizer)
 
 
 __all__ = ["evaluate_caption_table"]
