@@ -1,7 +1,7 @@
 """Memory per process when training on two processes: FSDP2 against DDP, through `PanoVLMTrainer`.
 
-    python benchmarks/bench_fsdp_memory.py            # 12-layer LM (~300 MB of fp32 weights), 4 steps (~3 min)
-    python benchmarks/bench_fsdp_memory.py --quick    # 4-layer LM (~100 MB), 2 steps (~1 min)
+    python benchmarks/bench_fsdp_memory.py            # 12-layer LM (~300 MB of fp32 weights), 4 steps (~80 s)
+    python benchmarks/bench_fsdp_memory.py --quick    # 4-layer LM (~100 MB), 2 steps (~45 s)
 
 The model is a PanoVLM whose language model is large enough for sharding to matter: a Qwen3 decoder of 768 wide
 layers (2048 MLP, 12 heads, 4 KV heads) with random weights, behind the tiny SigLIP tower and MLP resampler of the
@@ -10,7 +10,7 @@ caption per process and step, with the language model, resampler and projector t
 as in the stages): a case where parameters, gradients and optimizer state all scale with the LM.
 
 * DDP: `Trainer`'s data parallelism (each process holds the whole model, its gradients and optimizer state).
-* FSDP2: `fsdp="full_shard", fsdp_config={"version": 2}`: decoder layers, tower layers (what `_no_split_modules`
+* FSDP2: `fsdp=True, fsdp_config={"version": 2}`: decoder layers, tower layers (what `_no_split_modules`
   names) and the root each sharded over the two processes.
 
 Each process reports, at its last optimizer step, the bytes of the parameters, gradients and AdamW state it holds
@@ -42,7 +42,7 @@ import _timing  # noqa: E402
 
 
 PROCESSES = 2
-FSDP2 = {"fsdp": "full_shard", "fsdp_config": {"version": 2}}
+FSDP2 = {"fsdp": True, "fsdp_config": {"version": 2}}
 
 
 def build(root: Path, layers: int) -> tuple[Path, Path]:

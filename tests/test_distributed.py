@@ -39,7 +39,7 @@ TRAIN = ROOT / "examples" / "train.py"
 # One OpenMP thread per process: the processes share two cores, and tiny models gain nothing from more.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 STAGES = ("vision", "resampler", "finetune")
-FSDP2 = {"fsdp": "full_shard", "fsdp_config": {"version": 2}}
+FSDP2 = {"fsdp": True, "fsdp_config": {"version": 2}}
 # float32 SGD: weights of 2 processes vs 1 differ by lr x gradient rounding (see the module docstring).
 ATOL, RTOL = 1e-6, 1e-5
 NO_LOADING_PROBLEMS = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
@@ -55,10 +55,11 @@ def torchrun(processes: int) -> list:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", processes]
 
 
-def accelerate_launch(processes: int) -> list:
-    # On CPU, `--multi_gpu` is what starts several processes (`--cpu` runs one).
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", processes,
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+def accelerate_launch(processes: int, *flags: str) -> list:
+    # On CPU, `--multi_gpu` (or `--use_fsdp`) is what starts several processes (`--cpu` runs one).
+    return [sys.executable, "-m", "accelerate.commands.launch", *(flags or ["--multi_gpu"]), "--num_processes",
+            processes, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", "0"]
 
 
 def launch(command: list) -> str:
@@ -123,8 +124,12 @@ def single(workspace):
 
 
 # Every launcher runs both parallelisms, and every parallelism both resamplers (with both VICReg modes).
-LAUNCHER = {("mlp", "fsdp2"): "torchrun", ("mlp", "ddp"): "accelerate", ("bimamba", "fsdp2"): "accelerate",
+# FSDP2 is asked for in the run file's trainer_args (`fsdp`, `fsdp_config`), or by accelerate's launcher flags
+# (here with sharded checkpoints, whose stage outputs and checkpoints must still hold ordinary weights).
+LAUNCHER = {("mlp", "fsdp2"): "torchrun", ("mlp", "ddp"): "accelerate", ("bimamba", "fsdp2"): "accelerate-fsdp",
             ("bimamba", "ddp"): "torchrun"}
+ACCELERATE_FSDP = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                   "--fsdp_state_dict_type", "SHARDED_STATE_DICT")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +142,8 @@ def launched(workspace):
     def run(resampler: str, parallelism: str) -> tuple[Path, str]:
         if (resampler, parallelism) not in runs:
             directory = root / f"{resampler}-{parallelism}"
-            trainer_args = {"optim": "sgd", **(FSDP2 if parallelism == "fsdp2" else {})}
+            launcher = LAUNCHER[resampler, parallelism]
+            trainer_args = {"optim": "sgd", **(FSDP2 if parallelism == "fsdp2" and launcher == "torchrun" else {})}
             run_file = directory / "stages.yaml"
             directory.mkdir()
             run_file.write_text(yaml.safe_dump({
@@ -146,7 +152,8 @@ def launched(workspace):
                 "stages": [{"stage": "vision", "vicreg_mode": VICREG_MODE[resampler]}, {"stage": "resampler"},
                            {"stage": "finetune"}],
             }))
-            starter = torchrun(2) if LAUNCHER[resampler, parallelism] == "torchrun" else accelerate_launch(2)
+            starter = {"torchrun": torchrun(2), "accelerate": accelerate_launch(2),
+                       "accelerate-fsdp": accelerate_launch(2, *ACCELERATE_FSDP)}[launcher]
             runs[resampler, parallelism] = directory, launch([*starter, TRAIN, "--config", run_file])
         return runs[resampler, parallelism]
 
@@ -176,7 +183,9 @@ def test_every_stage_on_two_processes_ends_with_the_weights_of_one_process(
     for stage in STAGES:
         output, reference = directory / stage, single[resampler][stage]
         checkpoint = output / "checkpoint-1"
-        assert (checkpoint / "pytorch_model_fsdp.bin").exists() == (parallelism == "fsdp2")
+        # FSDP's own files for resuming: full (pytorch_model_fsdp.bin) or sharded (pytorch_model_fsdp_0/)
+        assert any(p.name.startswith("pytorch_model_fsdp") for p in checkpoint.iterdir()) == (parallelism == "fsdp2")
+        assert {"config.json", "model.safetensors"} <= {p.name for p in checkpoint.iterdir()} or stage == "finetune"
         assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 2
         assert logged(output, "eval_loss"), f"{stage}: no evaluation"
         actual, expected = weights(output), weights(reference)
@@ -206,39 +215,52 @@ def test_fsdp2_ddp_and_one_process_agree_and_write_the_same_checkpoints(single, 
 # --- resume --------------------------------------------------------------------------------------------------------
 
 
+STATE_DICT_TYPES = {"full": "FULL_STATE_DICT", "sharded": "SHARDED_STATE_DICT"}
+
+
 @pytest.fixture(scope="module")
 def sharded_resume(workspace, single):
     """The finetune stage (LoRA + modules_to_save, AdamW) sharded over 2 processes for 4 steps of 6 rows, and the
-    same run resumed from its `checkpoint-2` on 3 processes (6 rows a step either way), through `run_stage`."""
+    same run resumed from its `checkpoint-2` on 3 processes (6 rows a step either way), through `run_stage`, with
+    full and with sharded FSDP checkpoints. Returns `({format: (uninterrupted, resumed)}, logs of the 2 launches)`."""
     root, train, _ = workspace
     options = dict(
         stage="finetune", model=str(single["bimamba"]["resampler"]), train_csv=str(train), max_steps=4, save_steps=2,
         save_total_limit=None, logging_steps=1, warmup_steps=0, learning_rate=1e-3, lora_r=4, lora_alpha=8,
-        lora_dropout=0.0, trainer_args=FSDP2,
+        lora_dropout=0.0,
     )
-    full, resumed = root / "resume" / "full", root / "resume" / "resumed"
-    full_log = launch([*torchrun(2), __file__, json.dumps([{**options, "batch_size": 3, "output_dir": str(full)}])])
-    resumed.mkdir(parents=True)
-    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
-    non_fsdp = single["bimamba"]["finetune"] / "checkpoint-1"
-    actions = [
-        # Refused with a clear error, before the real resume in the same processes:
-        {**options, "batch_size": 2, "output_dir": str(root / "resume" / "refused"),
-         "resume_from_checkpoint": str(non_fsdp), "expect_error": "was written without FSDP"},
+    runs, uninterrupted, resumed = {}, [], []
+    for name, state_dict_type in STATE_DICT_TYPES.items():
+        full, again = root / "resume" / name / "full", root / "resume" / name / "resumed"
+        fsdp = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "state_dict_type": state_dict_type}}
+        uninterrupted.append({**options, "trainer_args": fsdp, "batch_size": 3, "output_dir": str(full)})
+        resumed.append({**options, "trainer_args": fsdp, "batch_size": 2, "output_dir": str(again),
+                        "resume_from_checkpoint": str(again / "checkpoint-2")})
+        runs[name] = full, again
+    logs = [launch([*torchrun(2), __file__, json.dumps(uninterrupted)])]
+    for full, again in runs.values():
+        again.mkdir(parents=True)
+        shutil.copytree(full / "checkpoint-2", again / "checkpoint-2")
+    refused = [  # refused with a clear error, before the real resumes in the same processes
+        {**options, "trainer_args": FSDP2, "batch_size": 2, "output_dir": str(root / "resume" / "refused"),
+         "resume_from_checkpoint": str(single["bimamba"]["finetune"] / "checkpoint-1"),
+         "expect_error": "was written without FSDP"},
         {**options, "batch_size": 2, "output_dir": str(root / "resume" / "fsdp1"),
-         "trainer_args": {"fsdp": "full_shard", "fsdp_config": {"version": 1, "sync_module_states": False}},
-         "expect_error": "on CPU fsdp_config"},  # accelerate would train it as DDP, silently
-        {**options, "batch_size": 2, "output_dir": str(resumed), "resume_from_checkpoint": str(resumed / "checkpoint-2")},
+         "trainer_args": {"fsdp": True, "fsdp_config": {"version": 1, "sync_module_states": False}},
+         "expect_error": "on CPU fsdp_config {'version': 2}"},  # accelerate would train it as DDP, silently
     ]
-    resumed_log = launch([*torchrun(3), __file__, json.dumps(actions)])
-    return full, resumed, full_log, resumed_log
+    logs.append(launch([*torchrun(3), __file__, json.dumps(refused + resumed)]))
+    return runs, logs
 
 
-def test_a_sharded_run_resumed_on_three_processes_ends_with_the_weights_of_the_uninterrupted_run(sharded_resume):
-    full, resumed, full_log, resumed_log = sharded_resume
-    assert full_log.count("finished") == 2, full_log[-6000:]
-    assert resumed_log.count("finished") == 3, resumed_log[-6000:]
-    assert resumed_log.count("refused: ") == 6, resumed_log[-6000:]  # both errors, on each of the 3 ranks
+@pytest.mark.parametrize("checkpoint_format", list(STATE_DICT_TYPES))
+def test_a_sharded_run_resumed_on_three_processes_ends_with_the_weights_of_the_uninterrupted_run(
+    sharded_resume, checkpoint_format
+):
+    runs, (two, three) = sharded_resume
+    assert two.count("finished") == 2 and three.count("finished") == 3, (two + three)[-6000:]
+    assert three.count("refused: ") == 6, three[-6000:]  # both errors, on each of the 3 ranks
+    full, resumed = runs[checkpoint_format]
     assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 4
     expected, actual = weights(full), weights(resumed)
     assert any(not torch.equal(expected[k], v) for k, v in weights(full / "checkpoint-2").items())  # it trained on
@@ -250,7 +272,7 @@ def test_a_sharded_run_resumed_on_three_processes_ends_with_the_weights_of_the_u
 
 def test_a_sharded_checkpoint_is_refused_by_a_single_process(workspace, single, sharded_resume, tmp_path):
     _, train, _ = workspace
-    full, *_ = sharded_resume
+    full, _ = sharded_resume[0]["full"]
     with pytest.raises(ValueError, match="only supported when using PyTorch FSDP"):
         run_stage(StageOptions(
             stage="finetune", model=str(single["bimamba"]["resampler"]), train_csv=str(train),

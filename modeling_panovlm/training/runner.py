@@ -20,7 +20,7 @@ import torch
 import yaml
 from peft import get_peft_model
 from torch.distributed.tensor import DTensor
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments, set_seed
 
 from modeling_panovlm.hub.cards import write_adapter_card
 from processing_panovlm.data.augmentation import PanoramaAugmentation
@@ -167,6 +167,9 @@ def run_stage(options: StageOptions) -> Path:
         lora = lm_lora_config(
             options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
         )
+        # The adapters' random initialisation must be the same in every process (FSDP2, unlike DDP, does not
+        # broadcast rank 0's weights) and the same from run to run.
+        set_seed(options.seed)
         model = get_peft_model(model, lora)
 
     augmentation = None

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 from torch import nn
 from transformers import Trainer
 from transformers.trainer import FSDP_MODEL_NAME
@@ -37,7 +37,7 @@ class PanoVLMTrainer(Trainer):
         module_learning_rates: `{module path prefix: lr}` (relative to `PanoVLMForConditionalGeneration`, e.g.
             `{"model.vicreg_projector": 1e-3}`); other trainable tensors use `args.learning_rate`.
 
-    `fsdp="full_shard"` with `fsdp_config={"version": 2}` shards through accelerate on GPUs and, over gloo, on CPU
+    `fsdp=True` with `fsdp_config={"version": 2}` shards through accelerate on GPUs and, over gloo, on CPU
     processes too (see `_enable_fsdp2_on_cpu`).
     """
 
@@ -69,7 +69,8 @@ class PanoVLMTrainer(Trainer):
     # ---- distributed set-up ----------------------------------------------------------------------------------------
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        if self.args.fsdp and not self.is_fsdp_enabled:
+        # FSDP is asked for in TrainingArguments or by `accelerate launch --use_fsdp` (environment).
+        if not self.is_fsdp_enabled and (self.args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP")):
             self._enable_fsdp2_on_cpu()
 
     def _enable_fsdp2_on_cpu(self) -> None:
@@ -78,15 +79,16 @@ class PanoVLMTrainer(Trainer):
         FSDP on GPUs, and the Trainer takes accelerate's own FSDP2 path (sharding, optimizer, gathered state dict on
         save, checkpoints and resume)."""
         state = self.accelerator.state
-        plugin_args = self.args.fsdp_plugin_args
-        if state.distributed_type != DistributedType.MULTI_CPU or plugin_args["fsdp_version"] != 2:
+        from_args = bool(self.args.fsdp)
+        version = self.args.fsdp_plugin_args["fsdp_version"] if from_args else int(os.environ.get("FSDP_VERSION", "1"))
+        if state.distributed_type != DistributedType.MULTI_CPU or version != 2:
             raise ValueError(
-                f"fsdp={self.args.fsdp!r} with fsdp_config version {plugin_args['fsdp_version']} was requested, but "
-                f"accelerate set up {state.distributed_type.value} without FSDP: FSDP needs several processes "
-                "(torchrun, or accelerate launch --multi_gpu --num_processes N), and on CPU fsdp_config "
-                "{'version': 2}"
+                f"FSDP version {version} was requested, but accelerate set up {state.distributed_type.value} without "
+                "it: FSDP needs several processes (torchrun, or accelerate launch --multi_gpu --num_processes N), "
+                "and on CPU fsdp_config {'version': 2} (accelerate launch --fsdp_version 2)"
             )
-        plugin = FullyShardedDataParallelPlugin(**plugin_args)
+        # As accelerate builds it: from the arguments, or from the launcher's environment.
+        plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args) if from_args else FullyShardedDataParallelPlugin()
         # The checks `Trainer` makes when accelerate enables FSDP.
         if plugin.activation_checkpointing and self.args.activation_checkpointing:
             raise ValueError(
@@ -183,6 +185,17 @@ class PanoVLMTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ---- saving ----------------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        sharded = self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+        if not sharded:
+            super().save_model(output_dir, _internal_call)
+            return
+        # With a sharded state dict type `Trainer` writes no weights at all (checkpoints keep only the sharded files
+        # for resuming): stage outputs and checkpoints are ordinary directories, so gather the full state dict.
+        self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         if state_dict:
             state_dict = self._alias_tied_weights(state_dict)
