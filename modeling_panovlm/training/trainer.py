@@ -176,8 +176,9 @@ class PanoVLMTrainer(Trainer):
     # ---- checkpoints -----------------------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # `Trainer` refuses an FSDP checkpoint without FSDP; the other way round it fails on a missing file.
-        written_by_fsdp = any(name.startswith(FSDP_MODEL_NAME) for name in os.listdir(resume_from_checkpoint))
-        if self.is_fsdp_enabled and not written_by_fsdp:
+        if self.is_fsdp_enabled and os.path.isdir(resume_from_checkpoint) and not any(
+            name.startswith(FSDP_MODEL_NAME) for name in os.listdir(resume_from_checkpoint)
+        ):
             raise ValueError(
                 f"{resume_from_checkpoint} was written without FSDP (it has no {FSDP_MODEL_NAME}.bin): resume it "
                 "without FSDP, or start a new FSDP run from its weights"
