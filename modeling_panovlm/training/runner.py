@@ -19,7 +19,8 @@ import datasets
 import torch
 import yaml
 from peft import get_peft_model
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
+from torch.distributed.tensor import DTensor
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments, set_seed
 
 from modeling_panovlm.hub.cards import write_adapter_card
 from processing_panovlm.data.augmentation import PanoramaAugmentation
@@ -33,7 +34,7 @@ from processing_panovlm.data.captions import (
 from processing_panovlm.data.collator import PanoVLMDataCollator
 
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config
-from .losses import VICRegWeights
+from .losses import VICREG_MODES, VICRegWeights
 from .plots import plot_training_curves
 from .stages import STAGES, PanoVLMStageCallback
 from .trainer import PanoVLMTrainer
@@ -81,6 +82,7 @@ class StageOptions:
     vicreg_invariance: float = 25.0
     vicreg_variance: float = 25.0
     vicreg_covariance: float = 1.0
+    vicreg_mode: str = "pairwise"  # or "batchwise" (see modeling_panovlm.training.losses)
     # finetune stage
     lora_r: int = 32
     lora_alpha: int = 64
@@ -110,6 +112,8 @@ class StageOptions:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {self.stage!r}")
+        if self.vicreg_mode not in VICREG_MODES:
+            raise ValueError(f"vicreg_mode must be one of {list(VICREG_MODES)}, got {self.vicreg_mode!r}")
         # Checked here, because a wrongly typed value (a YAML string where a number belongs) would otherwise fail
         # deep inside TrainingArguments or, worse, be compared as a string.
         for name, kind in typing.get_type_hints(StageOptions).items():
@@ -163,6 +167,9 @@ def run_stage(options: StageOptions) -> Path:
         lora = lm_lora_config(
             options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
         )
+        # The adapters' random initialisation must be the same in every process (FSDP2, unlike DDP, does not
+        # broadcast rank 0's weights) and the same from run to run.
+        set_seed(options.seed)
         model = get_peft_model(model, lora)
 
     augmentation = None
@@ -222,6 +229,7 @@ def run_stage(options: StageOptions) -> Path:
         callbacks=[PanoVLMStageCallback(spec, options.vision_trainable_blocks, collator)],
         stage=spec,
         vicreg_weights=VICRegWeights(options.vicreg_invariance, options.vicreg_variance, options.vicreg_covariance),
+        vicreg_mode=options.vicreg_mode,
         module_learning_rates=options.module_learning_rates,
     )
     trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
@@ -232,17 +240,22 @@ def run_stage(options: StageOptions) -> Path:
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
             write_adapter_card(output_dir, training_data=options.train_csv)
+    # No process returns before the output is complete: the next stage of a run file starts from it.
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
 def _check_ranks_in_sync(trainer: PanoVLMTrainer) -> None:
-    """Under distributed training, verify that every rank ends with the same trainable weights."""
+    """Under data parallelism, verify that every rank ends with the same trainable weights. FSDP shards (DTensors)
+    have a single owner each, so only replicated tensors are compared."""
     accelerator = trainer.accelerator
     if accelerator.num_processes == 1:
         return
-    fingerprint = torch.stack(
-        [p.detach().double().sum() for p in trainer.model.parameters() if p.requires_grad]
-    ).to(accelerator.device)
+    replicated = [p for p in trainer.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if not replicated:
+        logger.info("every trainable tensor is sharded across the %d ranks: nothing replicated to compare", accelerator.num_processes)
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in replicated]).to(accelerator.device)
     gathered = accelerator.gather(fingerprint[None])
     if not torch.equal(gathered.min(0).values, gathered.max(0).values):
         raise RuntimeError(f"trainable weights differ across the {accelerator.num_processes} ranks")
