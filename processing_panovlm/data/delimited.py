@@ -37,6 +37,10 @@ COMPRESSIONS = (".gz", ".bz2", ".xz")
 # Columns the reader adds to the table's own: where each row comes from and what is wrong with it.
 ROW, SOURCE, PROBLEM, DETAIL = "__row__", "__source__", "__problem__", "__detail__"
 _BOM = b"\xef\xbb\xbf"
+
+
+class TableError(ValueError):
+    """A table that cannot be read at all (not UTF-8, an unclosed quote, no header or rows), naming the file."""
 _READER_VERSION = "1"  # part of the cache fingerprint: bump when the rules above change
 
 
@@ -62,7 +66,7 @@ def _decoded_lines(path: str, handle) -> Iterator[str]:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as error:
             byte = raw[error.start]
-            raise ValueError(
+            raise TableError(
                 f"{path}: line {number} is not UTF-8 (byte 0x{byte:02x} at column {error.start + 1}); caption tables "
                 "must be UTF-8 text: re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 old.csv > new.csv`)"
             ) from None
@@ -94,7 +98,7 @@ def _records(path: str) -> Iterator[tuple[int, list[str] | None, str | None]]:
                 return
             except csv.Error as error:
                 if "end of data" in str(error):
-                    raise ValueError(
+                    raise TableError(
                         f"{path}: the quote opened in the record starting on line {start} is never closed, so the "
                         "rest of the file would be read as one value; close or remove that quote"
                     ) from None
@@ -110,13 +114,13 @@ def read_header(path: str | os.PathLike) -> list[str]:
     with closing(_records(path)) as records:
         first = next(records, None)
         if first is None or first[1] is None:
-            raise ValueError(f"{path} is empty: a caption table starts with a header row (e.g. url,query,annotation)")
+            raise TableError(f"{path} is empty: a caption table starts with a header row (e.g. url,query,annotation)")
         header = [name.strip() for name in first[1]]
         duplicates = sorted({name for name in header if header.count(name) > 1})
         if duplicates:
-            raise ValueError(f"{path}: the header names columns {duplicates} more than once")
+            raise TableError(f"{path}: the header names columns {duplicates} more than once")
         if next(records, None) is None:
-            raise ValueError(f"{path} has a header but no rows")
+            raise TableError(f"{path} has a header but no rows")
     return header
 
 
@@ -157,4 +161,4 @@ def fingerprint(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["DELIMITERS", "DETAIL", "PROBLEM", "ROW", "SOURCE", "fingerprint", "is_delimited", "iter_rows", "read_header", "table_suffix"]
+__all__ = ["DELIMITERS", "DETAIL", "PROBLEM", "ROW", "SOURCE", "TableError", "fingerprint", "is_delimited", "iter_rows", "read_header", "table_suffix"]

@@ -7,12 +7,14 @@ A source is
   `.xz` compressed files too;
 * a glob (`shards/*.parquet`) or a list of sources, concatenated in order;
 * a `data_files` dict (`{"train": [...], "test": "t.csv"}`), of which the requested split is read;
-* a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (`load_from_disk`);
+* a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (`load_from_disk`), which is one
+  table like a file: relative image paths start in the folder that holds it;
 * a folder laid out like a Hub dataset, or a Hub dataset id (`user/name`, with `split`, `revision` and a
   configuration name), read by `datasets.load_dataset_builder`. A Hub dataset's CSV / TSV files are read by the
   same strict reader as local ones.
 
-Without streaming, every local file is its own table (rows numbered per file, image paths relative to its folder).
+Without streaming, every local file is its own table (rows numbered per file, image paths relative to its folder;
+in a Hub dataset or a folder laid out like one, relative to its root).
 When streaming, local files of one format and folder form one stream with a shard per file, so DataLoader workers
 read them in parallel; CSV rows are still numbered per file, other formats count rows per stream.
 """
@@ -117,9 +119,14 @@ def _read_files(paths: list[str], streaming: bool, num_proc: int | None) -> data
             return datasets.IterableDataset.from_generator(
                 delimited.iter_rows, features=features, gen_kwargs={"paths": paths}
             )
-        return datasets.Dataset.from_generator(
-            delimited.iter_rows, features=features, gen_kwargs={"paths": paths}, fingerprint=delimited.fingerprint(paths)
-        )
+        try:
+            return datasets.Dataset.from_generator(
+                delimited.iter_rows, features=features, gen_kwargs={"paths": paths}, fingerprint=delimited.fingerprint(paths)
+            )
+        except datasets.exceptions.DatasetGenerationError as error:
+            if isinstance(error.__cause__, delimited.TableError):  # our message names the file and line
+                raise error.__cause__ from None
+            raise
     return datasets.load_dataset(
         BUILDERS[suffix], data_files=paths, split="train", streaming=streaming, num_proc=None if streaming else num_proc
     )
@@ -205,7 +212,8 @@ def read_source(
     if os.path.isdir(text):
         folder = Path(text).resolve()
         if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
-            return [RawTable(_read_saved(text, split, streaming), text, folder)]
+            # A saved dataset is one table, like a file: its relative paths start next to it.
+            return [RawTable(_read_saved(text, split, streaming), text, folder.parent)]
         return [RawTable(_read_builder(text, split, config, None, streaming, num_proc), text, folder)]
     if _is_local_path(text):
         return _file_tables(_expand(text), streaming, num_proc)
