@@ -59,8 +59,8 @@ def _caption_table(model, processor, table_path, data_args, max_samples, generat
 
 
 def _caption_stream(model, processor, table_path, data_args, max_samples, generate, show_progress) -> tuple:
-    """A stream: rows checked as they are read, generated chunk by chunk (a group seen again reuses its caption);
-    with `max_samples`, reading stops at the first row of group `max_samples + 1`."""
+    """A stream: rows checked as they are read, generated in chunks (a group seen again reuses its caption); with
+    `max_samples`, reading stops at the first row of group `max_samples + 1` (read, not scored)."""
     recorder = ProblemRecorder()
     stream = stream_caption_table(
         table_path,
@@ -74,35 +74,42 @@ def _caption_stream(model, processor, table_path, data_args, max_samples, genera
     rows, row_groups, captions, failures = [], [], [], {}
     stats = Counter(generations=0, images_encoded=0, seconds=0.0)
     group_of: dict[tuple, int] = {}
-    progress = tqdm(unit="row", desc="evaluating stream", disable=not show_progress)
-    for batch in stream.iter(batch_size=STREAM_CHUNK_ROWS):
-        keys = list(zip(batch["image_id"], batch["query"], batch["prompt_style"]))
-        size = len(keys)
-        if max_samples is not None:
-            new = [i for i, key in enumerate(keys) if key not in group_of]
-            new_keys = list(dict.fromkeys(keys[i] for i in new))
-            if len(group_of) + len(new_keys) > max_samples:
-                stop_key = new_keys[max_samples - len(group_of)]
-                size = keys.index(stop_key)
-        chunk = {name: values[:size] for name, values in batch.items()}
+    chunk: list[dict] = []
+    skipped = 0
+
+    def flush():
+        batch = {name: [row[name] for row in chunk] for name in chunk[0]}
         new_groups = []
-        for group in group_rows(chunk):
-            key = keys[group.rows[0]]
+        for group in group_rows(batch):
+            first = chunk[group.rows[0]]
+            key = (first["image_id"], first["query"], first["prompt_style"])
             if key not in group_of:
                 group_of[key] = len(captions) + len(new_groups)
                 new_groups.append(group)
-            row_groups += [(len(rows) + row, group_of[key]) for row in group.rows]
-        rows += [tuple(chunk[name][index] for name in ROW_COLUMNS) for index in range(size)]
+            row_groups.extend((len(rows) + row, group_of[key]) for row in group.rows)
+        rows.extend(tuple(row[name] for name in ROW_COLUMNS) for row in chunk)
         if new_groups:
             chunk_captions, chunk_failures, chunk_stats = generate(new_groups, False)
             failures.update({len(captions) + index: reason for index, reason in chunk_failures.items()})
-            captions += chunk_captions
+            captions.extend(chunk_captions)
             stats.update(chunk_stats)
-        progress.update(size)
-        if size < len(keys):
-            break
-    progress.close()
-    data = {"rows_read": recorder.rows, "rows_skipped_by_max_samples": 0, "streaming": True}
+        chunk.clear()
+
+    seen: set[tuple] = set()
+    with tqdm(unit="row", desc="evaluating stream", disable=not show_progress) as progress:
+        for row in stream:
+            key = (row["image_id"], row["query"], row["prompt_style"])
+            if max_samples is not None and key not in seen and len(seen) == max_samples:
+                skipped = 1
+                break
+            seen.add(key)
+            chunk.append(row)
+            progress.update()
+            if len(chunk) == STREAM_CHUNK_ROWS:
+                flush()
+        if chunk:
+            flush()
+    data = {"rows_read": recorder.rows, "rows_skipped_by_max_samples": skipped, "streaming": True}
     return rows, row_groups, captions, failures, dict(stats), list(recorder.problems), data
 
 
