@@ -120,16 +120,16 @@ class ProblemLog(ProblemRecorder):
     with a single `write` on a file opened with `O_APPEND` (lines from DataLoader workers and ranks never
     interleave), and each reading process keeps its own counts in a small file it rewrites in place after every
     row, so they are exact however the stream ends (`max_steps` reached, a worker shut down). The object pickles
-    into worker processes without its open file.
+    into worker processes without this process's counts.
     """
 
     def __init__(self, output_dir: str | os.PathLike, name: str):
         super().__init__()
         self.folder = Path(output_dir) / f"{name}_data_log"
-        self._counter: tuple[int, int] | None = None  # (pid, file descriptor) of this process's counts
+        self._counts: tuple[int, Path] | None = None  # (pid, file) of this process's counts
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_counter": None, "rows": 0, "dropped": 0, "problems": [], "duplicates_kept": []}
+        return {**self.__dict__, "_counts": None, "rows": 0, "dropped": 0, "problems": [], "duplicates_kept": []}
 
     def reset(self) -> None:
         """Start an empty log (a previous run's records would otherwise be counted again)."""
@@ -138,12 +138,15 @@ class ProblemLog(ProblemRecorder):
         self.folder.mkdir(parents=True)
 
     def row_checked(self, dropped: bool) -> None:
-        if self._counter is None or self._counter[0] != os.getpid():
+        if self._counts is None or self._counts[0] != os.getpid():
             self.rows = self.dropped = 0  # a new process (a forked worker) counts its own rows
-            name = f"rows-{os.getpid()}-{uuid.uuid4().hex}.count"
-            self._counter = (os.getpid(), os.open(self.folder / name, os.O_WRONLY | os.O_CREAT, 0o644))
+            self._counts = (os.getpid(), self.folder / f"rows-{os.getpid()}-{uuid.uuid4().hex}.count")
         super().row_checked(dropped)
-        os.pwrite(self._counter[1], b"%20d %20d" % (self.rows, self.dropped), 0)
+        descriptor = os.open(self._counts[1], os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(descriptor, b"%20d %20d" % (self.rows, self.dropped), 0)  # same length every time
+        finally:
+            os.close(descriptor)
 
     def problem(self, problem: RowProblem, duplicate_kept: bool = False) -> None:
         line = (json.dumps({"problem": asdict(problem), "kept": duplicate_kept}, ensure_ascii=False) + "\n").encode()
