@@ -72,7 +72,9 @@ def test_missing_values_are_reported(folder):
     (folder / "nulls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     prepared = prepare_caption_table(str(folder / "nulls.jsonl"))
     assert reasons(prepared) == [(2, "missing value"), (3, "missing value")]
-    assert [problem.detail for problem in prepared.problems] == ["no value in column 'annotation'", "no image in column 'url'"]
+    assert [problem.detail for problem in prepared.problems] == ["no value for the reference answer", "no image in column 'url'"]
+    # The vision stage reads no text: a row without an answer still has its panorama.
+    assert reasons(prepare_caption_table(str(folder / "nulls.jsonl"), needs_text=False)) == [(3, "missing value")]
 
 
 def test_empty_references_and_queries_are_dropped_where_text_is_used(folder):

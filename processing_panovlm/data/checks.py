@@ -1,9 +1,8 @@
 """Which rows of a caption table can be used, and why the others cannot. The rules, applied in this order:
 
-1. A row that could not be read (a malformed CSV/TSV record, a missing value, a value of the wrong type) is
-   dropped.
-2. Where the text is used (language-modelling stages, evaluation): a row whose reference answer is empty (or only
-   spaces) is dropped, then a row whose query is empty.
+1. A row that could not be read (a malformed CSV/TSV record, no image, a value of the wrong type) is dropped.
+2. Where the text is used (language-modelling stages, evaluation): a row without a reference answer or query (a
+   null value) is dropped, then one whose reference answer is empty (or only spaces), then one whose query is.
 3. Where the text is used: a row with the same image, query, answer and prompt style as an earlier row is a
    duplicate. Evaluation drops it (a repeated row would weigh twice in the scores); training keeps it (a repeated
    example weighs twice, as in any `Dataset`) and counts it in the data report.
@@ -27,7 +26,7 @@ import datasets
 
 from processing_panovlm.image_loading import PanoramaImageError, probe_panorama
 
-from .problems import DUPLICATE_ROW, EMPTY_ANNOTATION, EMPTY_QUERY, ProblemRecorder, RowProblem
+from .problems import DUPLICATE_ROW, EMPTY_ANNOTATION, EMPTY_QUERY, MISSING_VALUE, ProblemRecorder, RowProblem
 
 
 logger = logging.getLogger(__name__)
@@ -53,6 +52,9 @@ def check_row(row: dict, needs_text: bool, seen: dict[bytes, tuple[str, int]]) -
         return _problem(row, row["problem"], row["problem_detail"]), False
     if not needs_text:
         return None, False
+    for name, what in (("annotation", "reference answer"), ("query", "query")):
+        if row[name] is None:
+            return _problem(row, MISSING_VALUE, f"no value for the {what}"), False
     if not row["annotation"].strip():
         return _problem(row, EMPTY_ANNOTATION, "the reference answer is empty"), False
     if not row["query"].strip():

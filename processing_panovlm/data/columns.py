@@ -3,7 +3,8 @@
 Every table, whatever its source, becomes one with the columns of `CAPTION_FEATURES`:
 
 * `url` (the image as written: the path or URL of the table, or the file name stored with an embedded image,
-  else `sha1:<digest>` of its bytes), `query`, `annotation` (the reference answer), `prompt_style`;
+  else `sha1:<digest>` of its bytes), `query`, `annotation` (the reference answer; both None where the table has
+  no value), `prompt_style`;
 * `image`: what `load_panorama` reads, a string (an absolute path or a URL) for tables of paths, or a
   `datasets.Image(decode=False)` value (`{"bytes", "path"}`) for tables holding images; `image_id` identifies the
   image (the resolved path or URL, or the bytes' digest), so each distinct image is checked and encoded once;
@@ -186,10 +187,10 @@ def normalise_batch(
             problem, detail = image_problem, image_detail
         texts = []
         for value, name in ((queries[i], columns.query), (answers[i], columns.answer)):
-            if not problem and not isinstance(value, str):
-                problem = MISSING_VALUE if value is None else MALFORMED_ROW
-                detail = f"no value in column {name!r}" if value is None else f"column {name!r} holds {value!r}, not text"
-            texts.append(value if isinstance(value, str) else "")
+            # A missing text (None) stays None: only where the text is used is it a problem (`check_rows`).
+            if not problem and value is not None and not isinstance(value, str):
+                problem, detail = MALFORMED_ROW, f"column {name!r} holds {value!r}, not text"
+            texts.append(value if value is None or isinstance(value, str) else "")
         if problem:
             image = None if embedded else ""
         elif embedded and isinstance(image, str):
