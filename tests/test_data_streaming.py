@@ -60,6 +60,9 @@ def test_a_stream_is_checked_by_the_prepared_rules_as_it_passes(folder):
         (4, "image file not found"), (5, "truncated or corrupt image"), (6, "empty annotation"), (2, "not a 2:1 panorama")
     ]
     assert recorder.rows == prepared.rows_read == 9 and recorder.dropped == 4
+    # Read again (a second epoch, the next evaluation): the same rows; a row meeting itself is no duplicate.
+    assert [(row["source"], row["row"]) for row in stream] == kept
+    assert set(recorder.duplicates_kept) == set(prepared.duplicates_kept) and recorder.rows == 18
     # Evaluation drops the repeated row 7 (same image, query and answer as row 1).
     evaluation = ProblemRecorder()
     assert len(list(stream_caption_table(sources, recorder=evaluation, drop_duplicates=True))) == len(kept) - 1

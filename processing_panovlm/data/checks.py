@@ -60,11 +60,11 @@ def check_row(row: dict, needs_text: bool, seen: dict[bytes, tuple[str, int]]) -
     if not row["query"].strip():
         return _problem(row, EMPTY_QUERY, "the query is empty"), False
     key = _row_key(row)
-    if key in seen:
-        source, number = seen[key]
+    first = seen.setdefault(key, (row["source"], row["row"]))
+    if first != (row["source"], row["row"]):  # a stream read again (next epoch) meets its own rows: no duplicates
+        source, number = first
         where = f"row {number}" if source == row["source"] else f"row {number} of {source}"
         return _problem(row, DUPLICATE_ROW, f"same image, query and answer as {where}"), True
-    seen[key] = (row["source"], row["row"])
     return None, False
 
 
