@@ -63,6 +63,8 @@ def test_a_stream_is_checked_by_the_prepared_rules_as_it_passes(folder):
     # Read again (a second epoch, the next evaluation): the same rows; a row meeting itself is no duplicate.
     assert [(row["source"], row["row"]) for row in stream] == kept
     assert set(recorder.duplicates_kept) == set(prepared.duplicates_kept) and recorder.rows == 18
+    with pytest.raises(ValueError, match="a stream lists .*a.csv'\\] more than once: list each table once"):
+        stream_caption_table([*sources, sources[0]], recorder=recorder)
     # Evaluation drops the repeated row 7 (same image, query and answer as row 1).
     evaluation = ProblemRecorder()
     assert len(list(stream_caption_table(sources, recorder=evaluation, drop_duplicates=True))) == len(kept) - 1

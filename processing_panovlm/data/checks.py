@@ -12,7 +12,8 @@
 
 Each dropped row becomes a `RowProblem` naming the row, its table, the reason and the detail. A prepared table is
 checked up front (`check_rows`, then `scan_images`); a stream is checked row by row as it is read (`StreamChecker`),
-with the same rules, duplicates being recognised within what one process reads.
+with the same rules, duplicates being recognised within what one process reads (a stream read again meets its
+own rows: they are not duplicates of themselves).
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def _problem(row: dict, reason: str, detail: str) -> RowProblem:
     return RowProblem(row["row"], row["url"], reason, detail, row["source"])
 
 
-def check_row(row: dict, needs_text: bool, seen: dict[bytes, tuple[str, int]]) -> tuple[RowProblem | None, bool]:
+def check_row(
+    row: dict, needs_text: bool, seen: dict[bytes, tuple[str, int]], rereads: bool = False
+) -> tuple[RowProblem | None, bool]:
     """Rules 1-3 for one row: `(problem or None, whether the problem is a duplicate)`. `seen` maps the rows
-    accepted so far to their `(source, row)` and is updated."""
+    accepted so far to their `(source, row)` and is updated. With `rereads` (a stream, read again every epoch), a
+    row meeting its own first reading is not a duplicate of itself."""
     if row["problem"]:
         return _problem(row, row["problem"], row["problem_detail"]), False
     if not needs_text:
@@ -59,13 +63,15 @@ def check_row(row: dict, needs_text: bool, seen: dict[bytes, tuple[str, int]]) -
         return _problem(row, EMPTY_ANNOTATION, "the reference answer is empty"), False
     if not row["query"].strip():
         return _problem(row, EMPTY_QUERY, "the query is empty"), False
-    key = _row_key(row)
-    first = seen.setdefault(key, (row["source"], row["row"]))
-    if first != (row["source"], row["row"]):  # a stream read again (next epoch) meets its own rows: no duplicates
-        source, number = first
-        where = f"row {number}" if source == row["source"] else f"row {number} of {source}"
-        return _problem(row, DUPLICATE_ROW, f"same image, query and answer as {where}"), True
-    return None, False
+    key, here = _row_key(row), (row["source"], row["row"])
+    if key not in seen:
+        seen[key] = here
+        return None, False
+    if rereads and seen[key] == here:
+        return None, False
+    source, number = seen[key]
+    where = f"row {number}" if source == row["source"] else f"row {number} of {source}"
+    return _problem(row, DUPLICATE_ROW, f"same image, query and answer as {where}"), True
 
 
 def check_rows(
@@ -193,7 +199,7 @@ class StreamChecker:
             )
 
     def __call__(self, row: dict) -> bool:
-        problem, duplicate = check_row(row, self.needs_text, self.seen)
+        problem, duplicate = check_row(row, self.needs_text, self.seen, rereads=True)
         if duplicate and not self.drop_duplicates:
             self._record(problem, kept=True)
             problem = None

@@ -199,6 +199,11 @@ def read_source(
     if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
         if not source:
             raise ValueError("an empty list of caption tables")
+        named = [os.fspath(item) for item in source if isinstance(item, (str, os.PathLike))]
+        if streaming and len(set(named)) < len(named):
+            # A stream is read again every epoch: a table listed twice could not be told from a second reading.
+            twice = sorted({name for name in named if named.count(name) > 1})
+            raise ValueError(f"a stream lists {twice} more than once: list each table once")
         files = [os.fspath(s) for s in source if isinstance(s, (str, os.PathLike)) and os.path.isfile(s)]
         if streaming and len(files) == len(source):
             return _file_tables(files, True, num_proc)
