@@ -31,10 +31,10 @@ from .report import write_evaluation_outputs
 
 
 ROW_COLUMNS = ("row", "url", "query", "annotation", "source")
-STREAM_CHUNK_ROWS = 512  # rows of a stream grouped and generated together
+STREAM_CHUNK_ROWS = 256  # rows of a stream grouped and generated together
 
 
-def _caption_table(model, processor, table_path, data_args, max_samples, generate) -> tuple:
+def _caption_table(processor, table_path, data_args, max_samples, generate) -> tuple:
     """A prepared table: every row checked first, then one `generate` over the first `max_samples` groups."""
     prepared = prepare_caption_table(
         table_path,
@@ -58,7 +58,7 @@ def _caption_table(model, processor, table_path, data_args, max_samples, generat
     return rows, row_groups, captions, failures, stats, list(prepared.problems), data
 
 
-def _caption_stream(model, processor, table_path, data_args, max_samples, generate, show_progress) -> tuple:
+def _caption_stream(processor, table_path, data_args, max_samples, generate, show_progress) -> tuple:
     """A stream: rows checked as they are read, generated in chunks (a group seen again reuses its caption); with
     `max_samples`, reading stops at the first row of group `max_samples + 1` (read, not scored)."""
     recorder = ProblemRecorder()
@@ -75,6 +75,7 @@ def _caption_stream(model, processor, table_path, data_args, max_samples, genera
     stats = Counter(generations=0, images_encoded=0, seconds=0.0)
     group_of: dict[tuple, int] = {}
     chunk: list[dict] = []
+    chunk_images: set[str] = set()
     skipped = 0
 
     def flush():
@@ -94,6 +95,7 @@ def _caption_stream(model, processor, table_path, data_args, max_samples, genera
             captions.extend(chunk_captions)
             stats.update(chunk_stats)
         chunk.clear()
+        chunk_images.clear()
 
     seen: set[tuple] = set()
     with tqdm(unit="row", desc="evaluating stream", disable=not show_progress) as progress:
@@ -103,6 +105,9 @@ def _caption_stream(model, processor, table_path, data_args, max_samples, genera
                 skipped = 1
                 break
             seen.add(key)
+            if row["image_id"] in chunk_images:
+                row["image"] = None  # group_rows reads each panorama's first row only: hold its bytes once
+            chunk_images.add(row["image_id"])
             chunk.append(row)
             progress.update()
             if len(chunk) == STREAM_CHUNK_ROWS:
@@ -152,9 +157,9 @@ def evaluate_caption_table(
         )
 
     if data_args.streaming:
-        read = _caption_stream(model, processor, table_path, data_args, max_samples, generate, show_progress)
+        read = _caption_stream(processor, table_path, data_args, max_samples, generate, show_progress)
     else:
-        read = _caption_table(model, processor, table_path, data_args, max_samples, generate)
+        read = _caption_table(processor, table_path, data_args, max_samples, generate)
     rows, row_groups, captions, failures, stats, problems, data = read
     scored = []
     for row, group in sorted(row_groups):
