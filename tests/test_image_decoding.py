@@ -1,9 +1,7 @@
 """JPEG panoramas are decoded at the smallest DCT scale that keeps the resolution the views need, the same way at
 every entry point (processor, collator), with views close to those of a full decode."""
 
-import io
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
