@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from configuration_panovlm import CROP_STRATEGIES
-from modeling_panovlm import RESAMPLERS
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+
+
+# Named here, not read from the live registry: another test registers a plugin type in this process, which the fresh
+# child process does not import.
+BUILT_IN_RESAMPLERS = ("bimamba", "mlp", "perceiver", "qformer")
 
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is on the left?"}]}]
@@ -53,7 +57,7 @@ def test_every_resampler_and_crop_strategy_round_trips_in_a_fresh_process(tmp_pa
     image_path = tmp_path / "pano.png"
     panorama.save(image_path)
     cases = []
-    for resampler in sorted(RESAMPLERS):
+    for resampler in BUILT_IN_RESAMPLERS:
         for crop in CROP_STRATEGIES:
             directory = tmp_path / f"{resampler}-{crop}"
             model, processor = build_tiny_checkpoint(directory, resampler_type=resampler, crop_strategy=crop, seed=1)
@@ -71,7 +75,7 @@ def test_every_resampler_and_crop_strategy_round_trips_in_a_fresh_process(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(report) == len(RESAMPLERS) * len(CROP_STRATEGIES)
+    assert len(report) == len(BUILT_IN_RESAMPLERS) * len(CROP_STRATEGIES)
     for directory, outcome in report.items():
         assert outcome["class"] == "PanoVLMForConditionalGeneration", directory
         assert outcome["processor_class"] == "PanoVLMProcessor", directory
