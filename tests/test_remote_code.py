@@ -46,6 +46,7 @@ EXPECTED_MODULES = {
     "resampler_qformer.py",
     "resamplers.py",
     "selective_scan.py",
+    "view_coverage.py",
     "view_layout.py",
 }
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which way is the red circle?"}]}]
