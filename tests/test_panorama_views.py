@@ -256,3 +256,17 @@ def test_ids_for_a_pitched_model_run_through_the_loss():
     loss = model(input_ids=ids, pixel_values=pixels, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss) and model.model.multi_modal_projector.weight.grad.abs().sum() > 0
+
+
+def test_a_config_json_from_before_the_view_fields_loads_as_the_horizon_ring(tmp_path):
+    model, _ = build_tiny_checkpoint(tmp_path, view_size=16, patch_size=8, hidden_size=32, crop_strategy="e2p")
+    config = json.loads((tmp_path / "config.json").read_text())
+    added = ["pitch_levels_deg", "vertical_crop_ratio", "anyres_max_patches", "resample_columns", "resample_interpolation", "panorama_pe_type"]
+    for name in added:
+        del config[name]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = PanoVLMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert [getattr(loaded.config, name) for name in added] == [[0.0], 1.0, 9, None, "nearest", "direction"]
+    ids, pixels = image_prompt_ids(model.config, batch=1), torch.randn(1, model.config.num_views, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, pixel_values=pixels).logits, loaded(input_ids=ids, pixel_values=pixels).logits)
