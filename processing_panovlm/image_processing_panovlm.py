@@ -1,6 +1,7 @@
 """`PanoVLMImageProcessor`: equirectangular panoramas -> the views of a crop strategy, ready for the vision tower."""
 
 
+import math
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ _GEOMETRY_SETTINGS = (
     "aspect_ratio_tolerance",
     "max_erp_width",
     "view_render_size",
+    "reduced_decoding",
 )
 
 
@@ -58,6 +60,7 @@ class PanoVLMImageProcessorKwargs(ImagesKwargs, total=False):
     aspect_ratio_tolerance: float | int
     max_erp_width: int | None
     view_render_size: int | None
+    reduced_decoding: bool
 
 
 class PanoVLMImageProcessor(BaseImageProcessor):
@@ -84,6 +87,10 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         do_normalize (`bool`): subtract `image_mean` and divide by `image_std` per channel.
         image_mean, image_std (`list[float]`): default SigLIP's (0.5, 0.5, 0.5).
         aspect_ratio_tolerance (`float`): largest relative deviation of width / height from 2 that is accepted.
+        reduced_decoding (`bool`): decode JPEG files at the smallest DCT scale (1/2, 1/4, 1/8 of the width) that still
+            has the resolution the views need, `erp_width_needed` pixels across (a 384-pixel view over 90 degrees
+            needs 1536): a 4096- or 8192-wide JPEG panorama then costs a fraction of its full decode. Applies to JPEG
+            files, URLs and bytes, not to other formats or to images passed already decoded (PIL, arrays).
         max_erp_width (`int`, *optional*): shrink wider panoramas to this width (area filter) before sampling
             the perspective / crop views; `None` (default) samples the original pixels.
         view_render_size (`int`, *optional*): sample the perspective / crop views at this size (>= `image_size`),
@@ -143,6 +150,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         aspect_ratio_tolerance: float = 0.01,
         max_erp_width: int | None = None,
         view_render_size: int | None = None,
+        reduced_decoding: bool = True,
         **kwargs,
     ):
         unknown = set(kwargs) - set(_HF_BOOKKEEPING_KEYS)
@@ -165,6 +173,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         self.anyres_max_patches = anyres_max_patches
         self.aspect_ratio_tolerance = float(aspect_ratio_tolerance)
         self.max_erp_width = max_erp_width
+        self.reduced_decoding = bool(reduced_decoding)
         if view_render_size is not None and (
             isinstance(view_render_size, bool) or not isinstance(view_render_size, int) or view_render_size < image_size
         ):
@@ -188,6 +197,25 @@ class PanoVLMImageProcessor(BaseImageProcessor):
             self.vertical_crop_ratio,
             self.anyres_max_patches,
         )
+
+    @property
+    def erp_width_needed(self) -> int:
+        """The equirectangular width at which the views sample at least one panorama pixel per view pixel:
+        `360 * side / fov` for the narrowest field of view (horizontal or vertical) of a view sampled `side` pixels
+        across (`view_render_size` or `image_size`); whole-panorama views need only `image_size`."""
+        side = self.view_render_size or self.image_size
+        widths = [
+            self.image_size if view.hfov_deg >= 360.0 and view.vfov_deg >= 180.0 else side * 360.0 / min(view.hfov_deg, view.vfov_deg)
+            for view in self.view_layout.views
+        ]
+        return math.ceil(max(widths))
+
+    def load(self, image: PanoramaInput) -> torch.Tensor:
+        """`load_panorama` as this processor reads panoramas (8-bit kept uint8, JPEG decoded at a reduced scale when
+        `reduced_decoding`): every entry point that prepares views (training's collator included) loads through it,
+        so they all see the same pixels."""
+        min_width = self.erp_width_needed if self.reduced_decoding else None
+        return load_panorama(image, self.aspect_ratio_tolerance, keep_uint8=True, min_width=min_width)
 
     def to_dict(self) -> dict[str, Any]:
         # BaseImageProcessor.to_dict drops settings whose value is None (max_erp_width); every setting is kept.
@@ -216,7 +244,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
                     f"{options['rescale_factor']:g} again would darken it. Pass do_rescale=False (or uint8 data)."
                 )
             # 8-bit panoramas stay uint8 (often a view of the input): only the sampled values become float.
-            panorama = load_panorama(image, self.aspect_ratio_tolerance, keep_uint8=True)
+            panorama = self.load(image)
             panoramas.append(panorama if device is None else panorama.to(device))
 
         pixel_values = self._sample(panoramas)

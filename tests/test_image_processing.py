@@ -1,6 +1,7 @@
 """`load_panorama` (conversions and every rejection) and `PanoVLMImageProcessor` (outputs, switches, persistence)."""
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -275,6 +276,9 @@ def test_pitch_rows_crop_and_render_size_settings_round_trip_and_are_fixed(rgb, 
         "anyres_e2p", size=16, pitch_levels_deg=(45, 0, -45), vertical_crop_ratio=0.9, view_render_size=40
     )
     assert image_processor.pitch_levels_deg == [45.0, 0.0, -45.0]
+    # Views rendered 40 pixels across over 2 * atan(0.9) = 83.97 degrees vertically need 360 * 40 / 83.97 columns.
+    assert image_processor.erp_width_needed == math.ceil(360 * 40 / math.degrees(2 * math.atan(0.9)))
+    assert processor("anyres", size=16, anyres_max_patches=2).erp_width_needed == 64  # 360 x 90 degree crops: 4 * 16
     out = image_processor(rgb)
     assert out["pixel_values"].shape == (1, 25, 3, 16, 16)
     assert out["view_pitch_deg"][0, 1:].tolist() == [45.0] * 8 + [0.0] * 8 + [-45.0] * 8
