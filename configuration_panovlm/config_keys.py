@@ -41,7 +41,9 @@ _BASE_CONFIG_KWARGS = frozenset(
 
 _FLOAT_FIELDS = {
     "PanoVLMResamplerConfig": ("expand", "dropout", "dt_min", "dt_max", "dt_init_floor", "layer_norm_eps"),
-    "PanoVLMConfig": ("fov_deg", "overlap_ratio", "pe_temperature", "initializer_range", "rescale_factor"),
+    "PanoVLMConfig": (
+        "fov_deg", "overlap_ratio", "vertical_crop_ratio", "pe_temperature", "initializer_range", "rescale_factor"
+    ),
 }
 
 
@@ -108,6 +110,14 @@ FIELDS_ADDED_LATER: dict[str, Any] = {
     "image_mean": list(SIGLIP_NORMALISATION[0]),
     "image_std": list(SIGLIP_NORMALISATION[1]),
     "rescale_factor": 1 / 255,
+    # Before views off the horizon, PanoLLaVA's anyres strategies, resample stitching and its encoding: one ring on
+    # the horizon, square views, the direction encoding.
+    "pitch_levels_deg": [0.0],
+    "vertical_crop_ratio": 1.0,
+    "anyres_max_patches": 9,
+    "resample_columns": None,
+    "resample_interpolation": "nearest",
+    "panorama_pe_type": "direction",
 }
 RESAMPLER_FIELDS_ADDED_LATER: dict[str, Any] = {}
 

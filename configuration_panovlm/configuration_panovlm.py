@@ -9,6 +9,7 @@ never later as a shape mismatch.
 
 import dataclasses
 import math
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -19,7 +20,13 @@ from transformers.configuration_utils import SubConfigSpec
 from .config_keys import check_kwargs, complete_saved_config
 from .resampler_registry import ResamplerSpec, resampler_spec
 from .towers import _VISION_PREFIX_TOKENS, SIGLIP_NORMALISATION, SUPPORTED_VISION_MODEL_TYPES, TOWER_NORMALISATION
-from .view_layout import ViewLayout, build_view_layout, infer_token_grid
+from .view_layout import (
+    DEFAULT_ANYRES_MAX_PATCHES,
+    DEFAULT_PITCH_LEVELS_DEG,
+    ViewLayout,
+    build_view_layout,
+    infer_token_grid,
+)
 
 
 def _per_channel(values: float | list[float] | tuple[float, ...]) -> list[float]:
@@ -154,15 +161,31 @@ class PanoVLMConfig(PreTrainedConfig):
         resampler_config (`dict` or `PanoVLMResamplerConfig`): the resampler.
         image_token_id (`int`): id of the image placeholder token; 151655 is `<|image_pad|>` in Qwen2/Qwen3
             vocabularies, so no embedding is ever resized.
-        crop_strategy (`str`): `"resize"`, `"e2p"`, `"anyres_e2p"`, `"cubemap"` or `"sliding_window"`; see
-            `configuration_panovlm.view_layout.build_view_layout`.
+        crop_strategy (`str`): `"resize"`, `"e2p"`, `"anyres_e2p"`, `"cubemap"`, `"sliding_window"`, `"anyres"`
+            or `"anyres_max"`; see `configuration_panovlm.view_layout.build_view_layout`.
         fov_deg (`float`): field of view of each strip view, in degrees.
         overlap_ratio (`float`): minimum overlap of neighbouring strip views, as a fraction of a view's width.
-        stitching_mode (`str`): `"drop_overlap"` (every later strip view drops the token columns it shares with
-            its left neighbour; PanoLLaVA's effective default) or `"concat"` (keep all tokens).
-        use_panorama_pe (`bool`): add the parameter-free panoramic positional encoding (yaw and pitch of every
-            token) to the resampler output.
-        pe_temperature (`float`): wavelength base of the pitch encoding.
+        pitch_levels_deg (`list[float]`): pitch of each row of strip views, top row first (`e2p`, `anyres_e2p`,
+            `sliding_window`); `[0.0]` is one ring on the horizon, `[45.0, 0.0, -45.0]` adds a ring looking up and
+            one looking down (24 views of 90 degrees).
+        vertical_crop_ratio (`float`): narrows the perspective views vertically to `2 * atan(ratio * tan(fov /
+            2))` degrees (`e2p`, `anyres_e2p`); 1.0 keeps them square, 0.9 is PanoLLaVA's e2p crop.
+        anyres_max_patches (`int`): patch budget of `anyres` / `anyres_max` (PanoLLaVA's field; 9 gives 4 horizon
+            crops / a 4 x 2 grid).
+        stitching_mode (`str`): how each pitch row of views becomes one strip of tokens: `"drop_overlap"` (every
+            later view drops the token columns it shares with its left neighbour; PanoLLaVA's effective default),
+            `"concat"` (keep all tokens) or `"resample"` (PanoLLaVA's: the row is resampled onto one column grid,
+            overlapping views averaged).
+        resample_columns (`int`, *optional*): token columns per stitched row for `"resample"`; `None` keeps as many
+            as `drop_overlap` does.
+        resample_interpolation (`str`): `"nearest"` or `"linear"` column interpolation of `"resample"` (only
+            matters when `resample_columns` is set).
+        use_panorama_pe (`bool`): add the parameter-free panoramic positional encoding to the resampler output.
+        panorama_pe_type (`str`): `"direction"` (yaw harmonics and pitch sinusoids of the direction every token
+            looks) or `"panollava"` (PanoLLaVA's: sinusoids of a yaw angle, the token row and a continuous strip
+            column).
+        pe_temperature (`float`): wavelength base of the pitch encoding (`"direction"`) or of every sinusoid
+            (`"panollava"`).
         vision_feature_norm (`bool`): LayerNorm over the vision tower's output before the resampler.
         vicreg_projector_dim (`int`): output width of the head used by the self-supervised overlap loss of the
             vision training stage.
@@ -196,11 +219,19 @@ class PanoVLMConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     resampler_config: dict | PreTrainedConfig | None = None
     image_token_id: int = QWEN_IMAGE_PAD_ID
-    crop_strategy: Literal["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window"] = "anyres_e2p"
+    crop_strategy: Literal["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window", "anyres", "anyres_max"] = (
+        "anyres_e2p"
+    )
     fov_deg: float | int = 90.0
     overlap_ratio: float | int = 0.5
-    stitching_mode: Literal["concat", "drop_overlap"] = "drop_overlap"
+    pitch_levels_deg: list[float | int] | tuple[float | int, ...] = field(default_factory=lambda: list(DEFAULT_PITCH_LEVELS_DEG))
+    vertical_crop_ratio: float | int = 1.0
+    anyres_max_patches: int = DEFAULT_ANYRES_MAX_PATCHES
+    stitching_mode: Literal["concat", "drop_overlap", "resample"] = "drop_overlap"
+    resample_columns: int | None = None
+    resample_interpolation: Literal["nearest", "linear"] = "nearest"
     use_panorama_pe: bool = True
+    panorama_pe_type: Literal["direction", "panollava"] = "direction"
     pe_temperature: float | int = 10000.0
     vision_feature_norm: bool = True
     vicreg_projector_dim: int = 768
@@ -215,6 +246,8 @@ class PanoVLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         check_kwargs(self, kwargs, strict_keys=False)
+        if isinstance(self.pitch_levels_deg, (list, tuple)):  # a list of floats, so config.json round-trips exactly
+            self.pitch_levels_deg = [float(p) if type(p) is int else p for p in self.pitch_levels_deg]
         super().__post_init__(**kwargs)
         mean, std = TOWER_NORMALISATION[self.vision_config.model_type] if (
             self.vision_config.model_type in TOWER_NORMALISATION
@@ -242,7 +275,14 @@ class PanoVLMConfig(PreTrainedConfig):
     # ---- derived geometry (pure functions of the fields above) -----------------------------------------------
     @property
     def view_layout(self) -> ViewLayout:
-        return build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)
+        return build_view_layout(
+            self.crop_strategy,
+            self.fov_deg,
+            self.overlap_ratio,
+            self.pitch_levels_deg,
+            self.vertical_crop_ratio,
+            self.anyres_max_patches,
+        )
 
     @property
     def num_views(self) -> int:
@@ -277,7 +317,7 @@ class PanoVLMConfig(PreTrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         """Image tokens per panorama: what the processor expands the placeholder to and the model produces."""
-        return self.view_layout.num_image_tokens(self.view_token_grid, self.stitching_mode)
+        return self.view_layout.num_image_tokens(self.view_token_grid, self.stitching_mode, self.resample_columns)
 
     # ---- strict validation (run by @strict at construction and by save_pretrained) --------------------------
     def validate_towers(self):
@@ -322,12 +362,13 @@ class PanoVLMConfig(PreTrainedConfig):
 
     def validate_views(self):
         layout = self.view_layout  # raises ValueError for impossible crop settings
-        if self.use_panorama_pe and self.resampler_config.latent_dimension % 4:
+        if self.use_panorama_pe and self.panorama_pe_type == "direction" and self.resampler_config.latent_dimension % 4:
             raise ValueError(
                 "use_panorama_pe splits the latent width into sine/cosine halves for yaw and pitch: "
                 f"resampler_config.latent_dimension={self.resampler_config.latent_dimension} must be divisible by 4"
             )
-        layout.num_image_tokens(self.view_token_grid, self.stitching_mode)  # raises if stitching drops a whole view
+        # Raises if stitching drops a whole view or resample_columns is invalid / set for another stitching mode.
+        layout.num_image_tokens(self.view_token_grid, self.stitching_mode, self.resample_columns)
         if self.pe_temperature <= 1.0:
             raise ValueError(f"pe_temperature must be > 1, got {self.pe_temperature}")
         if self.vicreg_projector_depth < 0 or self.vicreg_projector_dim < 1:

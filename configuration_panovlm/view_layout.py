@@ -1,23 +1,29 @@
-"""Panorama view geometry: the views a crop strategy takes, where every view token looks, and how many image
-tokens one panorama becomes.
+"""Panorama view geometry: the views a crop strategy takes, where every view token looks, how the views are
+stitched and paired, and how many image tokens one panorama becomes.
 
 This module is the single source of truth for that geometry. The image processor samples exactly these views,
-the model derives its panoramic positional encoding and its stitching from them, and `num_image_tokens` is the
-only place the per-panorama token count is computed.
+the model derives its panoramic positional encoding and its stitching from them, the vision stage its overlap
+pairs, and `num_image_tokens` is the only place the per-panorama token count is computed. The crop strategies
+themselves are built in `view_strategies.build_view_layout`.
 
 Conventions (the same as py360convert's `e2p(u_deg=yaw, v_deg=pitch)`):
 
 * yaw 0 looks at the centre column of the equirectangular image (ERP); **positive yaw turns right**, towards
   larger column indices; yaw is reported in (-180, 180].
 * pitch 0 is the horizon; **positive pitch looks up**.
-* The horizontal views of a layout (the "strip") are ordered left to right: view `v + 1` is `step` degrees to
-  the right of view `v`, and the last view's right neighbour is the first one (the circle closes).
+* The non-global views form a grid of **pitch rows** (one row for horizon-only layouts), ordered pitch-major from
+  the top row down; within a row the views run left to right: view `j + 1` is one yaw step to the right of view
+  `j`, and the last view's right neighbour is the first one (every row closes the circle).
 
-Token directions use the equiangular column model: the `c`-th of `w` token columns of a view centred at yaw `psi`
-with horizontal field of view `F` is given yaw `psi + F * ((c + 0.5) / w - 0.5)` (rows likewise with pitch). This
-is exact for ERP crops and within a few degrees for perspective views; it makes the columns that two overlapping
-views share (the ones `drop_overlap` stitching removes) get exactly the same direction whenever the overlap is a
-whole number of token columns, e.g. 8 of 16 columns for the default 90 degree views with 50 % overlap.
+Token directions use the equiangular model in each view's own frame: the token in column `c` of `w` and row `r`
+of `h` of a view with fields of view `F_h x F_v` sits at the angular offsets `a = F_h * ((c + 0.5) / w - 0.5)`
+to the right and `b = F_v * (0.5 - (r + 0.5) / h)` up of the view centre. ERP crops take these offsets directly
+in yaw and pitch (exact). A perspective view on the horizon does too (within a few degrees of its pinhole rays),
+which makes the columns two overlapping horizon views share (the ones `drop_overlap` stitching removes) get
+exactly the same direction whenever the overlap is a whole number of token columns, e.g. 8 of 16 columns for
+the default 90 degree views with 50 % overlap. A perspective view off the horizon turns its offsets with the
+view (tilt by the pitch, then turn by the yaw, as py360convert does), so its tokens keep looking where its
+pixels look, up to the poles.
 """
 
 from __future__ import annotations
@@ -29,13 +35,22 @@ from typing import Literal
 
 import numpy as np
 
+from .view_coverage import check_pitch_levels, uncovered_direction
 
-CROP_STRATEGIES = ("resize", "e2p", "anyres_e2p", "cubemap", "sliding_window")
-STITCHING_MODES = ("concat", "drop_overlap")
 
-CropStrategy = Literal["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window"]
-StitchingMode = Literal["concat", "drop_overlap"]
+CROP_STRATEGIES = ("resize", "e2p", "anyres_e2p", "cubemap", "sliding_window", "anyres", "anyres_max")
+STITCHING_MODES = ("concat", "drop_overlap", "resample")
 
+CropStrategy = Literal["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window", "anyres", "anyres_max"]
+StitchingMode = Literal["concat", "drop_overlap", "resample"]
+
+# Strategies made of one ring of views around the horizon, which `pitch_levels_deg` repeats above and below it.
+PITCHED_STRATEGIES = ("e2p", "anyres_e2p", "sliding_window")
+# Strategies of perspective views, which `vertical_crop_ratio` can narrow vertically.
+PERSPECTIVE_STRATEGIES = ("e2p", "anyres_e2p")
+DEFAULT_PITCH_LEVELS_DEG = (0.0,)
+# PanoLLaVA's anyres / anyres_max patch budget (its configs' `anyres_max_patches`).
+DEFAULT_ANYRES_MAX_PATCHES = 9
 # Cube faces front, right, back, left: a fixed 90 degree geometry whose faces touch but do not overlap.
 CUBEMAP_FACE_YAWS = (0.0, 90.0, 180.0, -90.0)
 CUBEMAP_FOV_DEG = 90.0
@@ -56,7 +71,8 @@ class ViewSpec:
     """One view of a panorama.
 
     kind:
-        `"perspective"`: a pinhole projection (what py360convert's `e2p` computes) with square pixels;
+        `"perspective"`: a pinhole projection (what py360convert's `e2p` computes); `hfov_deg` and `vfov_deg` span
+        the square view, so unequal fields of view give non-square pixels;
         `"equirect"`: a rectangle of the ERP itself, resampled to the view size (ERP crop, whole-panorama resize);
         `"letterbox"`: the whole ERP scaled into the top-to-bottom middle half of a square view, black bars above
         and below (the global view of `anyres_e2p`).
@@ -73,16 +89,28 @@ class ViewSpec:
 class ViewLayout:
     """The views of one panorama, in the order the model sees them.
 
-    `views` holds the global view first (only `anyres_e2p` has one), then the strip from left to right.
-    `overlap` is the overlap actually realised between strip neighbours as a fraction of a view's width; the
+    `views` holds the global view first (`anyres_e2p`, `anyres`, `anyres_max` have one), then the strip views:
+    `num_rows` pitch rows of equally many views, pitch-major from the top row down, left to right within a row.
+    `overlap` is the overlap actually realised between horizontal neighbours as a fraction of a view's width; the
     circle is closed with equal steps, so it can exceed the requested `overlap_ratio` (e.g. 0.25 requested with
-    90 degree views gives 6 views 60 degrees apart, i.e. 1/3 overlap).
+    90 degree views gives 6 views 60 degrees apart, i.e. 1/3 overlap). `row_overlaps[i]` is the fraction of a
+    view's height that the views of row `i` share with the views below them in row `i + 1` (0 when they only
+    touch).
     """
 
     crop_strategy: str
     views: tuple[ViewSpec, ...]
     has_global_view: bool
     overlap: float
+    num_rows: int = 1
+    row_overlaps: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        strip = len(self.views) - int(self.has_global_view)
+        if self.num_rows < 1 or strip < self.num_rows or strip % self.num_rows:
+            raise ValueError(f"{strip} strip views cannot form {self.num_rows} rows of equally many views")
+        if len(self.row_overlaps) != self.num_rows - 1:
+            raise ValueError(f"{self.num_rows} pitch rows need {self.num_rows - 1} row overlaps, got {self.row_overlaps}")
 
     @property
     def num_views(self) -> int:
@@ -90,35 +118,98 @@ class ViewLayout:
 
     @property
     def strip_views(self) -> tuple[ViewSpec, ...]:
+        """Every view but the global one: the pitch rows one after the other."""
         return self.views[1:] if self.has_global_view else self.views
 
+    @property
+    def views_per_row(self) -> int:
+        return len(self.strip_views) // self.num_rows
+
+    @property
+    def rows(self) -> tuple[tuple[ViewSpec, ...], ...]:
+        """The strip views as `num_rows` tuples of `views_per_row` views, top row first."""
+        strip, per_row = self.strip_views, self.views_per_row
+        return tuple(strip[row * per_row : (row + 1) * per_row] for row in range(self.num_rows))
+
+    @property
+    def pitch_levels_deg(self) -> tuple[float, ...]:
+        """Centre pitch of each row, top row first."""
+        return tuple(row[0].pitch_deg for row in self.rows)
+
+    def view_index(self, row: int, column: int) -> int:
+        """Index in `views` of the view in pitch row `row`, position `column` from the left."""
+        return int(self.has_global_view) + row * self.views_per_row + column
+
+    # ---- neighbours ---------------------------------------------------------------------------------------------
     def overlap_columns(self, grid_width: int) -> int:
         """Token columns a strip view shares with its left neighbour on a grid `grid_width` columns wide."""
-        if len(self.strip_views) < 2:
+        if self.views_per_row < 2:
             return 0
         return int(round(grid_width * self.overlap))
 
-    def num_image_tokens(self, token_grid: tuple[int, int], stitching_mode: str) -> int:
-        """Image tokens per panorama for views of `token_grid = (rows, columns)` tokens each.
+    def overlap_rows(self, grid_height: int, row: int) -> int:
+        """Token rows the views of pitch row `row` share with the views below them (row `row + 1`)."""
+        return int(round(grid_height * self.row_overlaps[row]))
 
-        `concat` keeps every token of every view. `drop_overlap` keeps all columns of the first strip view and
-        drops, from every later strip view, the columns it shares with its left neighbour. The global view is
-        never stitched: all of its tokens come first.
+    def horizontal_neighbours(self) -> tuple[tuple[int, int], ...]:
+        """`(left, right)` indices into `views` of every pair of horizontal neighbours, row by row, left to right;
+        the last view of a row pairs with the first. Empty when rows hold a single view."""
+        if self.views_per_row < 2:
+            return ()
+        per_row = self.views_per_row
+        return tuple(
+            (self.view_index(row, column), self.view_index(row, (column + 1) % per_row))
+            for row in range(self.num_rows)
+            for column in range(per_row)
+        )
+
+    def vertical_neighbours(self, row: int) -> tuple[tuple[int, int], ...]:
+        """`(upper, lower)` indices into `views` of the views of pitch row `row` and those below them in row
+        `row + 1` (same yaw), left to right."""
+        return tuple((self.view_index(row, column), self.view_index(row + 1, column)) for column in range(self.views_per_row))
+
+    # ---- stitching and token counts -------------------------------------------------------------------------
+    def stitched_columns(self, grid_width: int, stitching_mode: str, resample_columns: int | None = None) -> int:
+        """Token columns of one stitched pitch row, for views `grid_width` token columns wide.
+
+        `concat` keeps every column of every view. `drop_overlap` keeps all columns of a row's first view and,
+        from every later view, the columns it does not share with its left neighbour. `resample` resamples the
+        row onto `resample_columns` columns (default: as many as `drop_overlap` keeps), averaging views where they
+        overlap.
         """
         if stitching_mode not in STITCHING_MODES:
             raise ValueError(f"stitching_mode must be one of {STITCHING_MODES}, got {stitching_mode!r}")
-        rows, cols = token_grid
-        drop = self.overlap_columns(cols) if stitching_mode == "drop_overlap" else 0
-        if drop >= cols:
+        if resample_columns is not None and stitching_mode != "resample":
+            raise ValueError(f"resample_columns applies to stitching_mode='resample' only, got {stitching_mode!r}")
+        per_row = self.views_per_row
+        if stitching_mode == "concat":
+            return per_row * grid_width
+        drop = self.overlap_columns(grid_width)
+        if drop >= grid_width:
             raise ValueError(
-                f"drop_overlap stitching would drop all {cols} token columns of every view but the first "
+                f"{stitching_mode} stitching would drop all {grid_width} token columns of every view but the first "
                 f"(realised overlap {self.overlap:.3f}); lower overlap_ratio or use stitching_mode='concat'"
             )
-        num_strip = len(self.strip_views)
-        strip_tokens = rows * (cols + (num_strip - 1) * (cols - drop))
-        global_tokens = rows * cols if self.has_global_view else 0
-        return global_tokens + strip_tokens
+        if resample_columns is not None:
+            if isinstance(resample_columns, bool) or not isinstance(resample_columns, int) or resample_columns < 1:
+                raise ValueError(f"resample_columns must be a positive integer or None, got {resample_columns!r}")
+            return resample_columns
+        return grid_width + (per_row - 1) * (grid_width - drop)
 
+    def num_image_tokens(
+        self, token_grid: tuple[int, int], stitching_mode: str, resample_columns: int | None = None
+    ) -> int:
+        """Image tokens per panorama for views of `token_grid = (rows, columns)` tokens each.
+
+        The global view is never stitched: all of its tokens come first. Then each pitch row, top row first, is
+        stitched into `stitched_columns(...)` token columns of `rows` token rows.
+        """
+        rows, cols = token_grid
+        per_row = rows * self.stitched_columns(cols, stitching_mode, resample_columns)
+        global_tokens = rows * cols if self.has_global_view else 0
+        return global_tokens + self.num_rows * per_row
+
+    # ---- token directions -------------------------------------------------------------------------------------
     def token_directions(self, token_grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Yaw and pitch in degrees of every view token, each of shape `(num_views, rows, columns)`.
 
@@ -129,62 +220,28 @@ class ViewLayout:
         row_frac = 0.5 - (np.arange(rows, dtype=np.float64) + 0.5) / rows  # (0.5, -0.5), top to bottom
         yaws, pitches = [], []
         for view in self.views:
-            yaw = view.yaw_deg + view.hfov_deg * col_frac
+            across = np.broadcast_to(view.hfov_deg * col_frac[None, :], (rows, cols))
+            up = np.broadcast_to(view.vfov_deg * row_frac[:, None], (rows, cols))
             if view.kind == "letterbox":
                 # The ERP fills the middle half of the rows; bar rows are clamped to the poles.
-                pitch = np.clip(2.0 * view.vfov_deg * row_frac, -90.0, 90.0)
+                yaw, pitch = view.yaw_deg + across, np.clip(2.0 * up, -90.0, 90.0)
+            elif view.kind == "perspective" and view.pitch_deg != 0.0:
+                yaw, pitch = _turned_offsets(view, across, up)
             else:
-                pitch = view.pitch_deg + view.vfov_deg * row_frac
-            yaws.append(np.broadcast_to(yaw[None, :], (rows, cols)))
-            pitches.append(np.broadcast_to(pitch[:, None], (rows, cols)))
+                yaw, pitch = view.yaw_deg + across, view.pitch_deg + up
+            yaws.append(yaw)
+            pitches.append(pitch)
         return np.stack(yaws), np.stack(pitches)
 
 
-def _ring_yaws(fov_deg: float, overlap_ratio: float) -> tuple[list[float], float]:
-    """Yaws of the fewest equally spaced views of width `fov_deg` that overlap by at least `overlap_ratio`."""
-    step_wanted = fov_deg * (1.0 - overlap_ratio)
-    num = max(1, math.ceil(360.0 / step_wanted - 1e-9))
-    step = 360.0 / num
-    return [normalize_yaw(k * step) for k in range(num)], 1.0 - step / fov_deg
-
-
-@lru_cache(maxsize=64)
-def build_view_layout(crop_strategy: str, fov_deg: float, overlap_ratio: float) -> ViewLayout:
-    """The `ViewLayout` of a crop strategy. Raises `ValueError` naming the problem for impossible settings.
-
-    * `resize`: the whole ERP squashed into one square view (fov and overlap unused).
-    * `e2p`: `N = ceil(360 / (fov * (1 - overlap)))` perspective views around the horizon at yaw `k * 360 / N`,
-      hfov = vfov = `fov_deg` (8 views 45 degrees apart for fov 90, overlap 0.5).
-    * `anyres_e2p`: a letterboxed global view of the whole panorama, then the `e2p` views.
-    * `cubemap`: the front, right, back and left cube faces (fov must be 90 and overlap 0: faces touch).
-    * `sliding_window`: `N` (as `e2p`) ERP crops of `fov_deg` x `fov_deg` degrees on the horizon, wrapping at
-      the +/-180 degree seam.
-    """
-    if crop_strategy not in CROP_STRATEGIES:
-        raise ValueError(f"crop_strategy must be one of {CROP_STRATEGIES}, got {crop_strategy!r}")
-    if not 0.0 <= overlap_ratio < 1.0:
-        raise ValueError(f"overlap_ratio must be in [0, 1), got {overlap_ratio}")
-    if crop_strategy == "resize":
-        return ViewLayout(crop_strategy, (ViewSpec("equirect", 0.0, 0.0, 360.0, 180.0),), False, 0.0)
-    if crop_strategy == "cubemap":
-        if fov_deg != CUBEMAP_FOV_DEG or overlap_ratio != 0.0:
-            raise ValueError(
-                "crop_strategy='cubemap' takes the four 90 degree side faces of a cube, which touch without "
-                f"overlapping: it needs fov_deg=90 and overlap_ratio=0.0, got fov_deg={fov_deg}, "
-                f"overlap_ratio={overlap_ratio}"
-            )
-        views = tuple(ViewSpec("perspective", yaw, 0.0, 90.0, 90.0) for yaw in CUBEMAP_FACE_YAWS)
-        return ViewLayout(crop_strategy, views, False, 0.0)
-
-    max_fov = 180.0 if crop_strategy == "sliding_window" else 179.0
-    if not 0.0 < fov_deg <= max_fov:
-        raise ValueError(f"fov_deg must be in (0, {max_fov:g}] for crop_strategy={crop_strategy!r}, got {fov_deg}")
-    yaws, overlap = _ring_yaws(fov_deg, overlap_ratio)
-    kind = "equirect" if crop_strategy == "sliding_window" else "perspective"
-    strip = tuple(ViewSpec(kind, yaw, 0.0, fov_deg, fov_deg) for yaw in yaws)
-    if crop_strategy == "anyres_e2p":
-        return ViewLayout(crop_strategy, (ViewSpec("letterbox", 0.0, 0.0, 360.0, 180.0), *strip), True, overlap)
-    return ViewLayout(crop_strategy, strip, False, overlap)
+def _turned_offsets(view: ViewSpec, across: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Directions (yaw, pitch in degrees) of the angular offsets `across` / `up` of a view's own frame, after the
+    view is tilted by its pitch and turned by its yaw."""
+    a, b = np.radians(across), np.radians(up)
+    x, y, z = np.cos(b) * np.sin(a), np.sin(b), np.cos(b) * np.cos(a)  # x right, y up, z forward
+    tilt = math.radians(view.pitch_deg)
+    y, z = y * math.cos(tilt) + z * math.sin(tilt), z * math.cos(tilt) - y * math.sin(tilt)
+    return view.yaw_deg + np.degrees(np.arctan2(x, z)), np.degrees(np.arctan2(y, np.hypot(x, z)))
 
 
 def infer_token_grid(num_tokens: int) -> tuple[int, int]:
@@ -196,3 +253,151 @@ def infer_token_grid(num_tokens: int) -> tuple[int, int]:
     while num_tokens % rows:
         rows -= 1
     return rows, num_tokens // rows
+
+
+
+
+# ---- crop strategies ------------------------------------------------------------------------------------------------
+WHOLE_PANORAMA = ViewSpec("equirect", 0.0, 0.0, 360.0, 180.0)
+
+
+def build_view_layout(
+    crop_strategy: str,
+    fov_deg: float,
+    overlap_ratio: float,
+    pitch_levels_deg: tuple[float, ...] | list[float] = DEFAULT_PITCH_LEVELS_DEG,
+    vertical_crop_ratio: float = 1.0,
+    anyres_max_patches: int = DEFAULT_ANYRES_MAX_PATCHES,
+) -> ViewLayout:
+    """The `ViewLayout` of a crop strategy. Raises `ValueError` naming the problem for impossible settings.
+
+    * `resize`: the whole ERP squashed into one square view (fov and overlap unused).
+    * `e2p`: a ring of `N = ceil(360 / (fov * (1 - overlap)))` perspective views at yaw `k * 360 / N`, hfov =
+      `fov_deg` (8 views 45 degrees apart for fov 90, overlap 0.5), repeated at every pitch in `pitch_levels_deg`
+      (one row per level, top row first). vfov = `fov_deg`, or `2 * atan(vertical_crop_ratio * tan(fov / 2))`:
+      PanoLLaVA's e2p cut 5 % of the rows off the top and bottom of each view and stretched the rest back to a
+      square, i.e. `vertical_crop_ratio=0.9` (vfov 83.97 degrees for fov 90).
+    * `anyres_e2p`: a letterboxed global view of the whole panorama, then the `e2p` views.
+    * `sliding_window`: the `e2p` rows with ERP crops of `fov_deg` x `fov_deg` degrees instead of perspective
+      views, wrapping at the +/-180 degree seam.
+    * `cubemap`: the front, right, back and left cube faces (fov must be 90 and overlap 0: faces touch).
+    * `anyres` (PanoLLaVA's): the whole ERP squashed into one global view, then the horizon band (pitch -45 to 45)
+      cut into `n = min(6, anyres_max_patches // 2)` ERP crops side by side from yaw -180 (4 crops of 90 x 90
+      degrees for the default 9). fov and overlap unused.
+    * `anyres_max` (PanoLLaVA's): the global view, then the whole ERP cut into a grid of `c = min(6,
+      anyres_max_patches // 2)` columns by `r = min(3, anyres_max_patches // c)` rows of ERP crops, top row first
+      (4 x 2 crops of 90 x 90 degrees at pitch +/-45 for the default 9). fov and overlap unused.
+
+    `pitch_levels_deg` (default `[0.0]`) applies to `e2p`, `anyres_e2p` and `sliding_window`. Levels run from the
+    top row down; each view must stay within the poles (`|pitch| <= 90 - vfov / 2`, i.e. within +/-45 for 90 degree
+    views), neighbouring levels must be at most vfov apart, and the rows together must see every direction between
+    the top and the bottom level.
+    """
+    return _build_view_layout(
+        crop_strategy,
+        float(fov_deg),
+        float(overlap_ratio),
+        _as_pitch_levels(pitch_levels_deg),
+        float(vertical_crop_ratio),
+        _as_patch_budget(anyres_max_patches),
+    )
+
+
+def _as_pitch_levels(levels) -> tuple[float, ...]:
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple)) or not levels:
+        raise ValueError(f"pitch_levels_deg must be a non-empty list of angles in degrees, got {levels!r}")
+    if any(isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level) for level in levels):
+        raise ValueError(f"pitch_levels_deg must hold finite numbers (degrees), got {list(levels)!r}")
+    return tuple(float(level) + 0.0 for level in levels)  # + 0.0: no -0.0
+
+
+def _as_patch_budget(patches) -> int:
+    if isinstance(patches, bool) or not isinstance(patches, int) or patches < 2:
+        raise ValueError(f"anyres_max_patches must be an integer >= 2, got {patches!r}")
+    return patches
+
+
+@lru_cache(maxsize=64)
+def _build_view_layout(
+    crop_strategy: str,
+    fov_deg: float,
+    overlap_ratio: float,
+    pitch_levels: tuple[float, ...],
+    vertical_crop_ratio: float,
+    anyres_max_patches: int,
+) -> ViewLayout:
+    if crop_strategy not in CROP_STRATEGIES:
+        raise ValueError(f"crop_strategy must be one of {CROP_STRATEGIES}, got {crop_strategy!r}")
+    if not 0.0 <= overlap_ratio < 1.0:
+        raise ValueError(f"overlap_ratio must be in [0, 1), got {overlap_ratio}")
+    if pitch_levels != DEFAULT_PITCH_LEVELS_DEG and crop_strategy not in PITCHED_STRATEGIES:
+        raise ValueError(
+            f"pitch_levels_deg={list(pitch_levels)}: views above and below the horizon are defined for crop_strategy "
+            f"{' / '.join(PITCHED_STRATEGIES)}; {crop_strategy!r} takes fixed views, so leave pitch_levels_deg at [0.0]"
+        )
+    if not 0.0 < vertical_crop_ratio <= 1.0:
+        raise ValueError(f"vertical_crop_ratio must be in (0, 1], got {vertical_crop_ratio}")
+    if vertical_crop_ratio != 1.0 and crop_strategy not in PERSPECTIVE_STRATEGIES:
+        raise ValueError(
+            f"vertical_crop_ratio={vertical_crop_ratio} narrows perspective views (crop_strategy "
+            f"{' / '.join(PERSPECTIVE_STRATEGIES)}); {crop_strategy!r} has none, so leave it at 1.0"
+        )
+    if crop_strategy == "resize":
+        return ViewLayout(crop_strategy, (WHOLE_PANORAMA,), False, 0.0)
+    if crop_strategy == "cubemap":
+        if fov_deg != CUBEMAP_FOV_DEG or overlap_ratio != 0.0:
+            raise ValueError(
+                "crop_strategy='cubemap' takes the four 90 degree side faces of a cube, which touch without "
+                f"overlapping: it needs fov_deg=90 and overlap_ratio=0.0, got fov_deg={fov_deg}, "
+                f"overlap_ratio={overlap_ratio}"
+            )
+        views = tuple(ViewSpec("perspective", yaw, 0.0, 90.0, 90.0) for yaw in CUBEMAP_FACE_YAWS)
+        return ViewLayout(crop_strategy, views, False, 0.0)
+    if crop_strategy in ("anyres", "anyres_max"):
+        return _anyres_layout(crop_strategy, anyres_max_patches)
+
+    max_fov = 180.0 if crop_strategy == "sliding_window" else 179.0
+    if not 0.0 < fov_deg <= max_fov:
+        raise ValueError(f"fov_deg must be in (0, {max_fov:g}] for crop_strategy={crop_strategy!r}, got {fov_deg}")
+    yaws, overlap = _ring_yaws(fov_deg, overlap_ratio)
+    vfov = fov_deg if vertical_crop_ratio == 1.0 else math.degrees(2 * math.atan(vertical_crop_ratio * math.tan(math.radians(fov_deg) / 2)))
+    check_pitch_levels(pitch_levels, fov_deg, vfov)
+    kind = "equirect" if crop_strategy == "sliding_window" else "perspective"
+    strip = tuple(ViewSpec(kind, yaw, pitch, fov_deg, vfov) for pitch in pitch_levels for yaw in yaws)
+    if pitch_levels != DEFAULT_PITCH_LEVELS_DEG:
+        gap = uncovered_direction(strip, pitch_levels[-1], pitch_levels[0])
+        if gap is not None:
+            raise ValueError(
+                f"pitch_levels_deg={list(pitch_levels)} with fov_deg={fov_deg:g}, overlap_ratio={overlap_ratio:g}: no "
+                f"view sees yaw {gap[0]:.2f}, pitch {gap[1]:.2f} between the top and bottom rows; raise "
+                "overlap_ratio or bring the pitch levels closer together"
+            )
+    row_overlaps = tuple(max(0.0, 1.0 - (upper - lower) / vfov) for upper, lower in zip(pitch_levels, pitch_levels[1:]))
+    num_rows = len(pitch_levels)
+    if crop_strategy == "anyres_e2p":
+        views = (ViewSpec("letterbox", 0.0, 0.0, 360.0, 180.0), *strip)
+        return ViewLayout(crop_strategy, views, True, overlap, num_rows, row_overlaps)
+    return ViewLayout(crop_strategy, strip, False, overlap, num_rows, row_overlaps)
+
+
+def _ring_yaws(fov_deg: float, overlap_ratio: float) -> tuple[list[float], float]:
+    """Yaws of the fewest equally spaced views of width `fov_deg` that overlap by at least `overlap_ratio`."""
+    step_wanted = fov_deg * (1.0 - overlap_ratio)
+    num = max(1, math.ceil(360.0 / step_wanted - 1e-9))
+    step = 360.0 / num
+    return [normalize_yaw(k * step) for k in range(num)], 1.0 - step / fov_deg
+
+
+def _anyres_layout(crop_strategy: str, patches: int) -> ViewLayout:
+    """PanoLLaVA's anyres / anyres_max: the whole panorama, then ERP crops from yaw -180 rightwards (see
+    `build_view_layout`); the crops abut, so no two views overlap."""
+    columns = min(6, patches // 2)
+    rows = 1 if crop_strategy == "anyres" else min(3, patches // columns)
+    width = 360.0 / columns
+    height = 90.0 if crop_strategy == "anyres" else 180.0 / rows
+    strip = tuple(
+        ViewSpec("equirect", normalize_yaw(-180.0 + (column + 0.5) * width), pitch, width, height)
+        for pitch in ([0.0] if crop_strategy == "anyres" else [90.0 - (row + 0.5) * height for row in range(rows)])
+        for column in range(columns)
+    )
+    return ViewLayout(crop_strategy, (WHOLE_PANORAMA, *strip), True, 0.0, rows, (0.0,) * (rows - 1))

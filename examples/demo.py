@@ -1,6 +1,7 @@
 """PanoVLM end to end on CPU, offline: a tiny random model learns to answer questions about synthetic panoramas.
 
     python examples/demo.py [--output-dir out/demo] [--resampler mlp] [--quick]
+                            [--task ceiling_floor] [--pitch-levels-deg 30 0 -30]
 
 1. builds a tiny randomly initialised checkpoint and checks that save -> load reproduces it bit for bit;
 2. writes a synthetic panorama dataset (coloured shapes at known directions, some across the +/-180 degree seam);
@@ -11,6 +12,10 @@
 
 Figures are printed and written to `<output-dir>/demo_results.json`; each stage directory holds its
 `training_curves.png`. `--quick` runs a few steps of each stage only (a smoke test: no learning expected).
+
+`--task ceiling_floor` asks instead about one shape on the ceiling and one on the floor, which the horizon views
+never see ("ceiling" -> colour, "red object" -> ceiling or floor); `--pitch-levels-deg 30 0 -30` adds a ring of
+views looking up and one looking down (12 views instead of 4), so running both measures what they add.
 """
 
 import argparse
@@ -32,6 +37,8 @@ from modeling_panovlm.evaluation import (
     group_rows,
 )
 from modeling_panovlm.testing.synthetic_panoramas import (
+    TASK_CHANCE,
+    TASKS,
     synthetic_accuracy,
     synthetic_answer_key,
     write_synthetic_dataset,
@@ -74,6 +81,10 @@ def main() -> None:
     parser.add_argument("--num-panoramas", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="a few steps per stage: checks the pipeline only")
+    parser.add_argument("--task", choices=TASKS, default="directions", help="what the panoramas and questions are about")
+    parser.add_argument(
+        "--pitch-levels-deg", type=float, nargs="+", default=[0.0], help="pitch of each ring of views, top first"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     datasets.disable_progress_bars()
@@ -83,9 +94,12 @@ def main() -> None:
     begin = time.perf_counter()
 
     checkpoint = out / "tiny-panovlm"
-    built, _ = build_tiny_checkpoint(checkpoint, resampler_type=args.resampler, **TINY_MODEL)
+    built, _ = build_tiny_checkpoint(
+        checkpoint, resampler_type=args.resampler, pitch_levels_deg=args.pitch_levels_deg, **TINY_MODEL
+    )
+    objects = {"num_objects": 4, "min_objects": 1} if args.task == "directions" else {}
     train_csv, test_csv = write_synthetic_dataset(
-        out / "data", args.num_panoramas, seed=0, height=64, test_fraction=0.15, num_objects=4, min_objects=1
+        out / "data", args.num_panoramas, seed=0, height=64, test_fraction=0.15, task=args.task, **objects
     )
     model, info = AutoModelForImageTextToText.from_pretrained(checkpoint, output_loading_info=True)
     processor = AutoProcessor.from_pretrained(checkpoint)
@@ -104,9 +118,16 @@ def main() -> None:
     print(f"2. synthetic panoramas in {out / 'data'}: {len(load_caption_table(train_csv))} training rows, held-out {test_csv.name}")
 
     before, questions, _ = accuracy(checkpoint, test_csv)
-    print(f"3. held-out accuracy before training: {before:.1%} of {questions} questions (chance 25%)")
+    chance = f"{TASK_CHANCE[args.task] * 100:g}%"
+    print(f"3. held-out accuracy before training: {before:.1%} of {questions} questions (chance {chance})")
 
-    results = {"image_tokens": config.num_image_tokens, "reload_bit_identical": identical, "accuracy_before": before}
+    results = {
+        "task": args.task,
+        "pitch_levels_deg": config.pitch_levels_deg,
+        "image_tokens": config.num_image_tokens,
+        "reload_bit_identical": identical,
+        "accuracy_before": before,
+    }
     previous = checkpoint
     for stage, steps, learning_rate, quick_steps in STAGE_PLAN:
         start = time.perf_counter()
@@ -136,7 +157,7 @@ def main() -> None:
 
     after, questions, examples = accuracy(previous, test_csv)
     results.update(accuracy_after=after, questions=questions, examples_after=examples, total_seconds=round(time.perf_counter() - begin, 1))
-    print(f"5. held-out accuracy after training: {after:.1%} of {questions} questions (before {before:.1%}, chance 25%)")
+    print(f"5. held-out accuracy after training: {after:.1%} of {questions} questions (before {before:.1%}, chance {chance})")
     for example in examples:
         print(f"   {example['image']} {example['query']!r}: {example['answer']!r} (reference {example['reference']!r})")
     (out / "demo_results.json").write_text(json.dumps(results, indent=2))

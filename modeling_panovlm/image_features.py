@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .panorama import stitch_views, token_grid_check
+from .panorama import stitch_panorama, token_grid_check
 
 
 class VICRegProjector(nn.Module):
@@ -51,13 +51,14 @@ class PanoVLMImageFeaturesMixin:
             raise ValueError(f"pixel_values must be {expected}, got {tuple(pixel_values.shape)}")
 
     def check_view_metadata(self, **metadata: torch.Tensor | None) -> None:
-        """Refuse views the config would misplace: `view_yaw_deg`, `view_pitch_deg`, `view_fov_deg`
-        `(panoramas, views)` as the image processor reports them must be the config's layout."""
+        """Refuse views the config would misplace: `view_yaw_deg`, `view_pitch_deg`, `view_fov_deg`,
+        `view_vfov_deg` `(panoramas, views)` as the image processor reports them must be the config's layout."""
         views = self.config.view_layout.views
         expected = {
             "view_yaw_deg": [view.yaw_deg for view in views],
             "view_pitch_deg": [view.pitch_deg for view in views],
             "view_fov_deg": [view.hfov_deg for view in views],
+            "view_vfov_deg": [view.vfov_deg for view in views],
         }
         for name, values in metadata.items():
             if values is None:
@@ -121,6 +122,7 @@ class PanoVLMImageFeaturesMixin:
         view_yaw_deg: torch.Tensor | None = None,
         view_pitch_deg: torch.Tensor | None = None,
         view_fov_deg: torch.Tensor | None = None,
+        view_vfov_deg: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
@@ -128,29 +130,24 @@ class PanoVLMImageFeaturesMixin:
 
         Args:
             pixel_values: `(panoramas, views, 3, view_size, view_size)`.
-            view_yaw_deg, view_pitch_deg, view_fov_deg: `(panoramas, views)` from the image processor; checked
-                against the config's layout when given.
+            view_yaw_deg, view_pitch_deg, view_fov_deg, view_vfov_deg: `(panoramas, views)` from the image
+                processor; checked against the config's layout when given.
             kwargs: `output_hidden_states` / `output_attentions` for the vision tower.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` is `(panoramas, config.num_image_tokens,
-            text_hidden)` (the global view's tokens (anyres_e2p) followed by the stitched strip, row-major) and whose
+            text_hidden)` (the global view's tokens, if any, then each stitched pitch row, row-major) and whose
             `last_hidden_state` / `hidden_states` / `attentions` are the vision tower's, `(panoramas, views,
             tokens, ...)`.
         """
-        self.check_view_metadata(view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg)
+        self.check_view_metadata(
+            view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg, view_vfov_deg=view_vfov_deg
+        )
         view_tokens, tower = self.get_view_features(pixel_values, **kwargs)
         panoramas, views, rows, cols, latent = view_tokens.shape
         view_tokens = self.panorama_pe(view_tokens.reshape(panoramas, views, rows * cols, latent))
         projected = self.multi_modal_projector(view_tokens).reshape(panoramas, views, rows, cols, -1)
-        layout = self.config.view_layout
-        parts = []
-        if layout.has_global_view:
-            parts.append(projected[:, 0].reshape(panoramas, rows * cols, -1))
-            projected = projected[:, 1:]
-        drop = layout.overlap_columns(cols) if self.config.stitching_mode == "drop_overlap" else 0
-        parts.append(stitch_views(projected, drop))
-        features = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        features = stitch_panorama(projected, self.config)
 
         def per_panorama(states: torch.Tensor) -> torch.Tensor:
             return states.unflatten(0, (panoramas, views))

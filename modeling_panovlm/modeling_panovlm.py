@@ -146,6 +146,7 @@ class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
         view_yaw_deg: torch.Tensor | None = None,
         view_pitch_deg: torch.Tensor | None = None,
         view_fov_deg: torch.Tensor | None = None,
+        view_vfov_deg: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         output_view_embeddings: bool = False,
         return_dict: bool | None = None,
@@ -158,8 +159,8 @@ class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
                 prompt may hold several panoramas, or none).
             pixel_values: `(panoramas, views, 3, view_size, view_size)` from `PanoVLMImageProcessor`, panoramas in
                 the order their placeholders appear in the batch.
-            view_yaw_deg, view_pitch_deg, view_fov_deg: `(panoramas, views)` view directions from the image
-                processor; when given they are checked against the config's layout.
+            view_yaw_deg, view_pitch_deg, view_fov_deg, view_vfov_deg: `(panoramas, views)` view directions and
+                fields of view from the image processor; when given they are checked against the config's layout.
             mm_encoder_outputs: `{"image": get_image_features(...)}` computed beforehand (e.g. once per panorama for
                 several prompts); instead of `pixel_values`.
             output_view_embeddings: compute only the vision stage's view embeddings of `pixel_values` (no text):
@@ -179,7 +180,9 @@ class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
         if output_view_embeddings:
             if pixel_values is None or input_ids is not None or inputs_embeds is not None:
                 raise ValueError("output_view_embeddings=True takes pixel_values alone (the vision training stage)")
-            self.check_view_metadata(view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg)
+            self.check_view_metadata(
+                view_yaw_deg=view_yaw_deg, view_pitch_deg=view_pitch_deg, view_fov_deg=view_fov_deg, view_vfov_deg=view_vfov_deg
+            )
             output = PanoVLMModelOutputWithPast(view_embeddings=self.get_view_embeddings(pixel_values))
             return output if return_dict else output.to_tuple()
         if (input_ids is None) == (inputs_embeds is None):
@@ -192,7 +195,7 @@ class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
         image_outputs = (mm_encoder_outputs or {}).get("image")
         if image_outputs is None and pixel_values is not None:
             image_outputs = self.get_image_features(
-                pixel_values, view_yaw_deg, view_pitch_deg, view_fov_deg, return_dict=True
+                pixel_values, view_yaw_deg, view_pitch_deg, view_fov_deg, view_vfov_deg, return_dict=True
             )
         if image_outputs is not None:
             features = image_outputs.pooler_output
@@ -257,6 +260,7 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
         view_yaw_deg: torch.Tensor | None = None,
         view_pitch_deg: torch.Tensor | None = None,
         view_fov_deg: torch.Tensor | None = None,
+        view_vfov_deg: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         output_view_embeddings: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
@@ -278,6 +282,7 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
             view_yaw_deg=view_yaw_deg,
             view_pitch_deg=view_pitch_deg,
             view_fov_deg=view_fov_deg,
+            view_vfov_deg=view_vfov_deg,
             mm_encoder_outputs=mm_encoder_outputs,
             output_view_embeddings=output_view_embeddings,
             return_dict=True,

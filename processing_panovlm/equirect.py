@@ -63,6 +63,7 @@ def sample_views(
     layout: ViewLayout,
     size: int,
     max_erp_width: int | None = None,
+    render_size: int | None = None,
 ) -> torch.Tensor:
     """Sample the views of `layout` from one panorama or a batch of same-size panoramas.
 
@@ -78,6 +79,9 @@ def sample_views(
             kept) before the perspective and ERP-crop views are sampled, which avoids aliasing when the views are
             much smaller than the panorama (it reads every pixel, so it costs time). `None` samples the original
             pixels (exact agreement with py360convert).
+        render_size: if set (>= `size`), the perspective views and ERP crops are sampled at `render_size` and then
+            shrunk to `size` with an antialiased bilinear filter: supersampling, as PanoLLaVA's anyres_e2p rendered
+            its tiles at 672 pixels before its tower's processor resized them. `None` samples at `size` directly.
 
     Returns:
         `(B, V, C, S, S)` views in the order of `layout.views` (`B = 1` for a single image).
@@ -94,6 +98,8 @@ def sample_views(
         raise ValueError(f"size must be >= 2, got {size}")
     if max_erp_width is not None and max_erp_width < 4:
         raise ValueError(f"max_erp_width must be >= 4 or None, got {max_erp_width}")
+    if render_size is not None and render_size < size:
+        raise ValueError(f"render_size must be >= size ({size}) or None, got {render_size}")
     if erp.dtype not in (torch.uint8, torch.float32, torch.float64):
         # Half-precision weights would be too coarse; the other integer types have no fast path of their own.
         erp = erp.float()
@@ -117,7 +123,14 @@ def sample_views(
         source = erp
         if max_erp_width is not None and width > max_erp_width:
             source = _resize(erp, (max(2, round(height * max_erp_width / width)), max_erp_width), "area")
-        _sample_into(out, source, tuple(layout.views[index] for index in point_sampled), point_sampled)
+        views = tuple(layout.views[index] for index in point_sampled)
+        if render_size is None or render_size == size:
+            _sample_into(out, source, views, point_sampled)
+        else:
+            rendered = torch.empty(batch, len(views), channels, render_size, render_size, dtype=dtype, device=erp.device)
+            _sample_into(rendered, source, views, list(range(len(views))))
+            shrunk = F.interpolate(rendered.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            out[:, point_sampled] = shrunk.view(batch, len(views), channels, size, size)
     return out
 
 

@@ -12,6 +12,8 @@ from transformers.processing_utils import ImagesKwargs
 
 from configuration_panovlm.towers import SIGLIP_NORMALISATION
 from configuration_panovlm.view_layout import (
+    DEFAULT_ANYRES_MAX_PATCHES,
+    DEFAULT_PITCH_LEVELS_DEG,
     ViewLayout,
     build_view_layout,
     normalize_yaw,
@@ -35,8 +37,12 @@ _GEOMETRY_SETTINGS = (
     "image_size",
     "fov_deg",
     "overlap_ratio",
+    "pitch_levels_deg",
+    "vertical_crop_ratio",
+    "anyres_max_patches",
     "aspect_ratio_tolerance",
     "max_erp_width",
+    "view_render_size",
     "reduced_decoding",
 )
 
@@ -48,26 +54,34 @@ class PanoVLMImageProcessorKwargs(ImagesKwargs, total=False):
     image_size: int
     fov_deg: float | int
     overlap_ratio: float | int
+    pitch_levels_deg: list[float] | tuple[float, ...]
+    vertical_crop_ratio: float | int
+    anyres_max_patches: int
     aspect_ratio_tolerance: float | int
     max_erp_width: int | None
+    view_render_size: int | None
     reduced_decoding: bool
 
 
 class PanoVLMImageProcessor(BaseImageProcessor):
     r"""Turns equirectangular panoramas (ERP, 2:1) into the square views of a crop strategy.
 
-    The views are those of `build_view_layout(crop_strategy, fov_deg, overlap_ratio)`
-    (configuration_panovlm.view_layout), sampled seam-correctly by `processing_panovlm.equirect.sample_views`:
+    The views are those of `build_view_layout(crop_strategy, fov_deg, overlap_ratio, pitch_levels_deg,
+    vertical_crop_ratio, anyres_max_patches)` (configuration_panovlm.view_layout), sampled seam-correctly by `processing_panovlm.equirect.sample_views`:
     perspective views match `py360convert.e2p` (bilinear), ERP crops wrap across the +/-180 degree seam, and the
     whole-panorama views (`resize`, the letterboxed global view of `anyres_e2p`) use an antialiased resize. 8-bit
     panoramas are sampled straight from their uint8 pixels (never converted to float as a whole). Each view is
     then rescaled and normalised.
 
     Args:
-        crop_strategy (`str`): one of `resize`, `e2p`, `anyres_e2p`, `cubemap`, `sliding_window`.
+        crop_strategy (`str`): one of `resize`, `e2p`, `anyres_e2p`, `cubemap`, `sliding_window`, `anyres`,
+            `anyres_max`.
         image_size (`int`): side `S` of each square view (the vision tower's input size).
-        fov_deg (`float`): horizontal (= vertical) field of view of each view, in degrees.
+        fov_deg (`float`): horizontal (= vertical, unless cropped) field of view of each view, in degrees.
         overlap_ratio (`float`): requested overlap of neighbouring views, in [0, 1).
+        pitch_levels_deg (`list[float]`): pitch of each row of views, top row first; default `[0.0]` (the horizon).
+        vertical_crop_ratio (`float`): narrows perspective views vertically (1.0: square; 0.9: PanoLLaVA's e2p).
+        anyres_max_patches (`int`): patch budget of `anyres` / `anyres_max`.
         do_rescale (`bool`): multiply by `rescale_factor` (maps 0..255 to [0, 1]).
         rescale_factor (`float`): defaults to 1/255.
         do_normalize (`bool`): subtract `image_mean` and divide by `image_std` per channel.
@@ -79,6 +93,9 @@ class PanoVLMImageProcessor(BaseImageProcessor):
             files, URLs and bytes, not to other formats or to images passed already decoded (PIL, arrays).
         max_erp_width (`int`, *optional*): shrink wider panoramas to this width (area filter) before sampling
             the perspective / crop views; `None` (default) samples the original pixels.
+        view_render_size (`int`, *optional*): sample the perspective / crop views at this size (>= `image_size`),
+            then shrink them to `image_size` with an antialiased filter (supersampling; PanoLLaVA's anyres_e2p
+            rendered its tiles at 672); `None` (default) samples them at `image_size`.
 
     Inputs: one panorama, a list of them, one list per prompt (nested, as chat templates pass them) or a 4-D array /
     tensor holding a batch; each a PIL image, numpy array, torch tensor, file path, URL, image bytes or
@@ -93,6 +110,8 @@ class PanoVLMImageProcessor(BaseImageProcessor):
           ERP centre column.
         * `view_pitch_deg`: `(batch, views)` view centre pitch in degrees, positive = up.
         * `view_fov_deg`: `(batch, views)` horizontal field of view of each view in degrees (360 for whole-panorama
+          views).
+        * `view_vfov_deg`: `(batch, views)` vertical field of view of each view in degrees (180 for whole-panorama
           views).
 
     Call-time overrides: `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std`;
@@ -112,7 +131,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
     # transformers' image processors resize to `size`; here the views are sampled at `image_size`, fixed at
     # construction because the model's token count depends on it, so there is no `size` setting.
     size = None
-    model_input_names = ["pixel_values", "view_yaw_deg", "view_pitch_deg", "view_fov_deg"]
+    model_input_names = ["pixel_values", "view_yaw_deg", "view_pitch_deg", "view_fov_deg", "view_vfov_deg"]
 
     def __init__(
         self,
@@ -120,6 +139,9 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         image_size: int = 384,
         fov_deg: float = 90.0,
         overlap_ratio: float = 0.5,
+        pitch_levels_deg: list[float] | tuple[float, ...] = DEFAULT_PITCH_LEVELS_DEG,
+        vertical_crop_ratio: float = 1.0,
+        anyres_max_patches: int = DEFAULT_ANYRES_MAX_PATCHES,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
@@ -127,6 +149,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         image_std: list[float] | tuple[float, ...] | None = None,
         aspect_ratio_tolerance: float = 0.01,
         max_erp_width: int | None = None,
+        view_render_size: int | None = None,
         reduced_decoding: bool = True,
         **kwargs,
     ):
@@ -145,10 +168,18 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         self.image_size = image_size
         self.fov_deg = float(fov_deg)
         self.overlap_ratio = float(overlap_ratio)
+        self.pitch_levels_deg = _pitch_levels(pitch_levels_deg)
+        self.vertical_crop_ratio = float(vertical_crop_ratio)
+        self.anyres_max_patches = anyres_max_patches
         self.aspect_ratio_tolerance = float(aspect_ratio_tolerance)
         self.max_erp_width = max_erp_width
         self.reduced_decoding = bool(reduced_decoding)
-        build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)  # raises for impossible settings
+        if view_render_size is not None and (
+            isinstance(view_render_size, bool) or not isinstance(view_render_size, int) or view_render_size < image_size
+        ):
+            raise ValueError(f"view_render_size must be an integer >= image_size ({image_size}) or None, got {view_render_size!r}")
+        self.view_render_size = view_render_size
+        _ = self.view_layout  # building it raises ValueError for impossible settings
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
@@ -158,14 +189,24 @@ class PanoVLMImageProcessor(BaseImageProcessor):
     @property
     def view_layout(self) -> ViewLayout:
         """The views every panorama is turned into (`build_view_layout` of this processor's settings)."""
-        return build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)
+        return build_view_layout(
+            self.crop_strategy,
+            self.fov_deg,
+            self.overlap_ratio,
+            self.pitch_levels_deg,
+            self.vertical_crop_ratio,
+            self.anyres_max_patches,
+        )
 
     @property
     def erp_width_needed(self) -> int:
         """The equirectangular width at which the views sample at least one panorama pixel per view pixel:
-        `360 * image_size / fov` for the narrowest view (whole-panorama views need only `image_size`)."""
+        `360 * side / fov` for the narrowest field of view (horizontal or vertical) of a view sampled `side` pixels
+        across (`view_render_size` or `image_size`); whole-panorama views need only `image_size`."""
+        side = self.view_render_size or self.image_size
         widths = [
-            self.image_size * (360.0 / view.hfov_deg if view.hfov_deg < 360.0 else 1.0) for view in self.view_layout.views
+            self.image_size if view.hfov_deg >= 360.0 and view.vfov_deg >= 180.0 else side * 360.0 / min(view.hfov_deg, view.vfov_deg)
+            for view in self.view_layout.views
         ]
         return math.ceil(max(widths))
 
@@ -214,6 +255,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
             "view_yaw_deg": [normalize_yaw(view.yaw_deg) for view in layout.views],
             "view_pitch_deg": [view.pitch_deg for view in layout.views],
             "view_fov_deg": [view.hfov_deg for view in layout.views],
+            "view_vfov_deg": [view.vfov_deg for view in layout.views],
         }
         data = {"pixel_values": pixel_values}
         for key, values in metadata.items():
@@ -228,6 +270,8 @@ class PanoVLMImageProcessor(BaseImageProcessor):
                 if value is not None:
                     options[key] = value
             elif key in _GEOMETRY_SETTINGS:
+                if key == "pitch_levels_deg" and value is not None:
+                    value = _pitch_levels(value)
                 if value is not None and value != getattr(self, key):
                     raise ValueError(
                         f"{key}={value!r} differs from this processor's {key}={getattr(self, key)!r}; the view "
@@ -250,7 +294,10 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         if len({panorama.device for panorama in panoramas}) > 1:
             raise ValueError("panoramas are on different devices; pass device=... to sample them in one place")
         layout = self.view_layout
-        views = [sample_views(panorama, layout, self.image_size, self.max_erp_width) for panorama in panoramas]
+        views = [
+            sample_views(panorama, layout, self.image_size, self.max_erp_width, self.view_render_size)
+            for panorama in panoramas
+        ]
         return torch.cat(views) if len(views) > 1 else views[0]
 
     @staticmethod
@@ -272,6 +319,13 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         scale = scale.to(pixel_values.device, torch.float32).view(3, 1, 1)
         shift = shift.to(pixel_values.device, torch.float32).view(3, 1, 1)
         return torch.addcmul(shift, pixel_values, scale, out=pixel_values)  # in place: the views are ours
+
+
+def _pitch_levels(levels) -> list[float]:
+    """Pitch levels as a list of floats (what `preprocessor_config.json` round-trips); checked by the layout."""
+    if not isinstance(levels, (list, tuple)):
+        raise ValueError(f"pitch_levels_deg must be a list of angles in degrees, got {levels!r}")
+    return [float(level) if type(level) is int else level for level in levels]
 
 
 def _channel_stats(values: float | list[float] | tuple[float, ...], name: str) -> list[float]:

@@ -96,6 +96,7 @@ class PanoVLMProcessor(ProcessorMixin):
         view_token_grid (`list[int]`, *optional*): `(rows, columns)` of resampler tokens per view
             (`config.view_token_grid`); by default that of a patch-16 tower with a token-preserving resampler.
         stitching_mode (`str`): `config.stitching_mode`.
+        resample_columns (`int`, *optional*): `config.resample_columns`.
         system_prompt (`str`, *optional*): the system turn of the training prompt format; `None` for none.
         user_template (`str`): the training prompt's user text around a question about the panorama, holding
             `{query}` once.
@@ -103,7 +104,7 @@ class PanoVLMProcessor(ProcessorMixin):
     `PanoVLMProcessor.from_model_config(config, tokenizer)` fills the view settings from a `PanoVLMConfig`.
 
     Calling the processor with `images` and `text` returns `input_ids`, `attention_mask`, `pixel_values`
-    `(num_panoramas, views, 3, S, S)` and the views' `view_yaw_deg`, `view_pitch_deg`, `view_fov_deg`
+    `(num_panoramas, views, 3, S, S)` and the views' `view_yaw_deg`, `view_pitch_deg`, `view_fov_deg`, `view_vfov_deg`
     `(num_panoramas, views)`. `images` is one panorama, a list (one per placeholder, in order) or a nested list (one
     list per prompt, as chat templates, pipelines and TRL pass them; a prompt may hold none). Prompts of different
     lengths are padded on the tokenizer's `padding_side`; for batched generation use left padding (tiny checkpoints
@@ -122,6 +123,7 @@ class PanoVLMProcessor(ProcessorMixin):
         stitching_mode: str = "drop_overlap",
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         user_template: str = DEFAULT_USER_TEMPLATE,
+        resample_columns: int | None = None,
         **kwargs,
     ):
         if view_token_grid is None:
@@ -141,6 +143,9 @@ class PanoVLMProcessor(ProcessorMixin):
         self.image_token_id = token_ids[0]
         self.view_token_grid = [int(v) for v in view_token_grid]
         self.stitching_mode = stitching_mode
+        self.resample_columns = resample_columns
+        # Raises for a resample width that is invalid or set for another stitching mode.
+        image_processor.view_layout.stitched_columns(self.view_token_grid[1], stitching_mode, resample_columns)
         self.system_prompt = system_prompt
         self.user_template = user_template
         generated = build_chat_template(image_token, system_prompt, user_template)
@@ -172,6 +177,9 @@ class PanoVLMProcessor(ProcessorMixin):
             image_size=config.view_size,
             fov_deg=config.fov_deg,
             overlap_ratio=config.overlap_ratio,
+            pitch_levels_deg=config.pitch_levels_deg,
+            vertical_crop_ratio=config.vertical_crop_ratio,
+            anyres_max_patches=config.anyres_max_patches,
             **{
                 "image_mean": config.image_mean,
                 "image_std": config.image_std,
@@ -187,6 +195,7 @@ class PanoVLMProcessor(ProcessorMixin):
             image_token=image_token,
             view_token_grid=config.view_token_grid,
             stitching_mode=config.stitching_mode,
+            resample_columns=config.resample_columns,
             system_prompt=system_prompt,
             user_template=user_template,
         )
@@ -225,7 +234,9 @@ class PanoVLMProcessor(ProcessorMixin):
     @property
     def num_image_tokens(self) -> int:
         """Image tokens each panorama's placeholder expands to."""
-        return self.image_processor.view_layout.num_image_tokens(tuple(self.view_token_grid), self.stitching_mode)
+        return self.image_processor.view_layout.num_image_tokens(
+            tuple(self.view_token_grid), self.stitching_mode, self.resample_columns
+        )
 
     def expand_image_tokens(self, prompt: str) -> str:
         """`prompt` with each image placeholder expanded to `num_image_tokens` tokens, as `__call__` does: for

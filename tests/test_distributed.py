@@ -313,7 +313,7 @@ def test_batchwise_vicreg_matches_a_hand_computed_reference():
     assert loss.item() == pytest.approx(25 * invariance + 25 * variance + covariance, rel=1e-5)
     # Pairwise takes the statistics of each strip on its own: another loss on the same embeddings.
     assert overlap_vicreg_loss(embeddings, layout, weights, mode="pairwise")[0].item() != pytest.approx(loss.item())
-    left, right = overlap_pairs(embeddings, layout)
+    [(left, right)] = overlap_pairs(embeddings, layout)
     assert left.shape == (16, 2 * k, 3)
 
 

@@ -56,6 +56,11 @@ def layout_of(*views):
 def perspective_cases():
     layouts = [build_view_layout("e2p", 90.0, 0.5), build_view_layout("anyres_e2p", 60.0, 0.25)]
     layouts.append(build_view_layout("cubemap", 90.0, 0.0))
+    # Every view of the pitch rows and vertical crops the layouts report (the processor's view_*_deg metadata).
+    layouts.append(build_view_layout("e2p", 90.0, 0.5, [45.0, 0.0, -45.0]))
+    layouts.append(build_view_layout("anyres_e2p", 60.0, 0.25, [60.0, 30.0, 0.0, -30.0, -60.0]))
+    layouts.append(build_view_layout("e2p", 120.0, 0.25, [30.0, 0.0, -30.0]))
+    layouts.append(build_view_layout("anyres_e2p", 90.0, 0.5, [40.0, 0.0, -40.0], vertical_crop_ratio=0.9))
     views = [view for layout in layouts for view in layout.views if view.kind == "perspective"]
     # Off the horizon, across the +/-180 degree seam, and at the poles.
     extra = [(179.0, 30.0, 90.0), (-175.0, -45.0, 75.0), (180.0, 60.0, 100.0), (10.0, 90.0, 90.0)]
@@ -156,6 +161,31 @@ def test_sliding_window_crops_are_wrapped_erp_columns():
         torch.testing.assert_close(image, erp[:, height // 4 : 3 * height // 4, columns], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("strategy", ["e2p", "anyres_e2p", "sliding_window"])
+def test_rolling_the_erp_permutes_the_views_of_every_pitch_row(erp_float, strategy):
+    erp = to_chw(erp_float.astype(np.float64))
+    layout = build_view_layout(strategy, 90.0, 0.5, [45.0, 0.0, -45.0])
+    views = sample_views(erp, layout, SIZE)[0]
+    rolled = sample_views(torch.roll(erp, WIDTH // 8, dims=-1), layout, SIZE)[0]
+    first = int(layout.has_global_view)
+    rows = views[first:].unflatten(0, (3, 8))
+    # Content moved 45 degrees to the right: in each row the view at yaw k * 45 now shows what view k - 1 showed.
+    torch.testing.assert_close(rolled[first:].unflatten(0, (3, 8)), torch.roll(rows, 1, dims=1), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("strategy", ["anyres", "anyres_max"])
+def test_anyres_crops_are_panollavas_erp_tiles(strategy):
+    """With S = H / 2 a 90 x 90 degree crop maps source pixels 1:1: each crop is an exact ERP tile, taken from the
+    left edge (yaw -180) rightwards; anyres tiles the horizon band, anyres_max the top and bottom halves."""
+    height, width = 64, 128
+    erp = torch.rand(3, height, width, dtype=torch.float64)
+    layout = build_view_layout(strategy, 90.0, 0.5)
+    views = sample_views(erp, layout, height // 2)[0]
+    bands = [slice(16, 48)] if strategy == "anyres" else [slice(0, 32), slice(32, 64)]
+    tiles = [erp[:, band, column : column + 32] for band in bands for column in range(0, width, 32)]
+    torch.testing.assert_close(views[1:], torch.stack(tiles), rtol=0, atol=1e-12)
+
+
 def test_rolling_the_erp_permutes_e2p_views(erp_float):
     erp = to_chw(erp_float.astype(np.float64))
     layout = build_view_layout("e2p", 90.0, 0.5)
@@ -211,10 +241,11 @@ def test_uint8_whole_panorama_views_are_whole_grey_levels_near_the_float_resize(
     assert (channels_last - exact).abs().max() <= 1
 
 
-@pytest.mark.parametrize("strategy", ["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window"])
+@pytest.mark.parametrize("strategy", ["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window", "anyres", "anyres_max"])
 def test_constant_erp_gives_constant_views(strategy):
     fov, overlap = (90.0, 0.0) if strategy == "cubemap" else (90.0, 0.5)
-    layout = build_view_layout(strategy, fov, overlap)
+    levels = [45.0, 0.0, -45.0] if strategy in ("e2p", "anyres_e2p", "sliding_window") else [0.0]
+    layout = build_view_layout(strategy, fov, overlap, levels)
     colour = torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1)
     views = sample_views(colour.expand(3, 32, 64).clone(), layout, 16)
     assert views.shape == (1, layout.num_views, 3, 16, 16)
@@ -297,6 +328,22 @@ def test_grid_cache_is_reused(erp_float):
     assert (info.misses, info.hits) == (1, 1)
     sample_views(to_chw(erp_float[::2, ::2].copy()), layout, 32)  # another ERP size needs its own grids
     assert grid_cache_info().misses == 2
+
+
+def test_render_size_supersamples_the_point_sampled_views_only(erp_float):
+    """Views rendered at 4x their size and shrunk (PanoLLaVA's 672-pixel tiles) are the antialiased shrink of the
+    large views; they follow a smooth panorama as the directly sampled views do; whole-panorama views are unchanged."""
+    layout = build_view_layout("anyres_e2p", 90.0, 0.5, [45.0, 0.0])
+    erp = to_chw(analytic_erp())
+    direct = sample_views(erp, layout, 16)
+    supersampled = sample_views(erp, layout, 16, render_size=64)
+    large = sample_views(erp, layout, 64)[0, 1:]
+    shrunk = torch.nn.functional.interpolate(large, size=(16, 16), mode="bilinear", antialias=True)
+    torch.testing.assert_close(supersampled[0, 1:], shrunk, rtol=0, atol=1e-6)
+    torch.testing.assert_close(supersampled[0, 0], direct[0, 0], rtol=0, atol=0)
+    assert (supersampled - direct).abs().max() < 0.02
+    with pytest.raises(ValueError, match="render_size must be >= size"):
+        sample_views(erp, layout, 16, render_size=8)
 
 
 def test_differentiable_wrt_image(erp_float):

@@ -1,6 +1,7 @@
 """`load_panorama` (conversions and every rejection) and `PanoVLMImageProcessor` (outputs, switches, persistence)."""
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -21,6 +22,8 @@ STRATEGIES = {
     "anyres_e2p": (90.0, 0.5),
     "cubemap": (90.0, 0.0),
     "sliding_window": (60.0, 0.25),
+    "anyres": (90.0, 0.5),
+    "anyres_max": (90.0, 0.5),
 }
 
 
@@ -179,7 +182,8 @@ def test_every_strategy_shapes_and_metadata(rgb, strategy):
     out = image_processor([rgb, other_size], return_tensors="pt")
     assert out["pixel_values"].shape == (2, layout.num_views, 3, 32, 32)
     assert out["pixel_values"].dtype == torch.float32
-    for key, attribute in [("view_yaw_deg", "yaw_deg"), ("view_pitch_deg", "pitch_deg"), ("view_fov_deg", "hfov_deg")]:
+    metadata = [("view_yaw_deg", "yaw_deg"), ("view_pitch_deg", "pitch_deg"), ("view_fov_deg", "hfov_deg"), ("view_vfov_deg", "vfov_deg")]
+    for key, attribute in metadata:
         expected = torch.tensor([getattr(view, attribute) for view in layout.views], dtype=torch.float32)
         torch.testing.assert_close(out[key], expected.expand(2, -1), rtol=0, atol=0)
     assert ((out["view_yaw_deg"] > -180) & (out["view_yaw_deg"] <= 180)).all()
@@ -222,7 +226,7 @@ def test_invalid_settings_and_call_options(rgb):
     with pytest.raises(ValueError, match="cubemap"):
         PanoVLMImageProcessor(crop_strategy="cubemap", fov_deg=60.0, overlap_ratio=0.0)
     with pytest.raises(ValueError, match="crop_strategy"):
-        PanoVLMImageProcessor(crop_strategy="anyres")
+        PanoVLMImageProcessor(crop_strategy="anyres_xl")
     with pytest.raises(ValueError, match="overlap_ratio"):
         PanoVLMImageProcessor(overlap_ratio=1.0)
     with pytest.raises(ValueError, match="image_size"):
@@ -265,3 +269,28 @@ def test_save_and_load_round_trip(rgb, tmp_path):
     default = PanoVLMImageProcessor()
     default.save_pretrained(tmp_path / "default")
     assert PanoVLMImageProcessor.from_pretrained(tmp_path / "default").to_dict() == default.to_dict()
+
+
+def test_pitch_rows_crop_and_render_size_settings_round_trip_and_are_fixed(rgb, tmp_path):
+    image_processor = processor(
+        "anyres_e2p", size=16, pitch_levels_deg=(45, 0, -45), vertical_crop_ratio=0.9, view_render_size=40
+    )
+    assert image_processor.pitch_levels_deg == [45.0, 0.0, -45.0]
+    # Views rendered 40 pixels across over 2 * atan(0.9) = 83.97 degrees vertically need 360 * 40 / 83.97 columns.
+    assert image_processor.erp_width_needed == math.ceil(360 * 40 / math.degrees(2 * math.atan(0.9)))
+    assert processor("anyres", size=16, anyres_max_patches=2).erp_width_needed == 64  # 360 x 90 degree crops: 4 * 16
+    out = image_processor(rgb)
+    assert out["pixel_values"].shape == (1, 25, 3, 16, 16)
+    assert out["view_pitch_deg"][0, 1:].tolist() == [45.0] * 8 + [0.0] * 8 + [-45.0] * 8
+    image_processor.save_pretrained(tmp_path)
+    loaded = PanoVLMImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == image_processor.to_dict()
+    assert (loaded.pitch_levels_deg, loaded.vertical_crop_ratio, loaded.view_render_size) == ([45.0, 0.0, -45.0], 0.9, 40)
+    torch.testing.assert_close(loaded(rgb)["pixel_values"], out["pixel_values"], rtol=0, atol=0)
+    image_processor(rgb, pitch_levels_deg=[45, 0, -45])  # the same levels, as given at construction
+    with pytest.raises(ValueError, match="fixed at construction"):
+        image_processor(rgb, pitch_levels_deg=[0.0])
+    with pytest.raises(ValueError, match="view_render_size must be an integer >= image_size"):
+        processor("e2p", size=16, view_render_size=8)
+    with pytest.raises(ValueError, match="past the pole"):
+        processor("e2p", pitch_levels_deg=[80.0])

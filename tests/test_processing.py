@@ -120,7 +120,7 @@ def test_placeholder_expands_to_the_models_token_count(tiny_mlp, panorama):
     config = model.config
     assert inputs["pixel_values"].shape == (1, config.num_views, 3, config.view_size, config.view_size)
     assert inputs["view_yaw_deg"][0].tolist() == [v.yaw_deg for v in config.view_layout.views]
-    assert sorted(inputs) == ["attention_mask", "input_ids", "pixel_values", "view_fov_deg", "view_pitch_deg", "view_yaw_deg"]
+    assert sorted(inputs) == ["attention_mask", "input_ids", "pixel_values", "view_fov_deg", "view_pitch_deg", "view_vfov_deg", "view_yaw_deg"]
 
 
 def test_batch_of_panoramas_with_different_prompt_lengths_pads_left(tiny_mlp, panorama):

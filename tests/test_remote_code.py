@@ -52,6 +52,7 @@ EXPECTED_MODULES = {
     "resamplers.py",
     "selective_scan.py",
     "towers.py",
+    "view_coverage.py",
     "view_layout.py",
 }
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which way is the red circle?"}]}]

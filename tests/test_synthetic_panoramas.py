@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from configuration_panovlm.view_layout import build_view_layout
 from modeling_panovlm.testing.synthetic_panoramas import (
     COLOURS,
+    TASK_CHANCE,
     SceneObject,
+    ceiling_floor_scene,
     direction_of,
     random_scene,
     render_panorama,
@@ -123,8 +127,56 @@ def test_answer_key_and_accuracy_read_the_direction_or_colour_first_named():
         synthetic_accuracy(["panorama"], ["x"], ["y"])
 
 
+def test_ceiling_and_floor_objects_are_out_of_sight_of_horizon_views_and_in_sight_of_pitched_ones():
+    """What the ceiling_floor task measures: a horizon ring (fov up to 120) never shows the objects; rings looking
+    up and down do, each object in its own row."""
+    from processing_panovlm.equirect import sample_views
+
+    rng = random.Random(5)
+    for _ in range(3):
+        ceiling, floor = ceiling_floor_scene(rng)
+        assert (ceiling.place, floor.place) == ("ceiling", "floor") and ceiling.colour != floor.colour
+        erp = torch.from_numpy(np.array(render_panorama([ceiling, floor], height=128))).permute(2, 0, 1)
+        for fov, overlap, levels in ((120.0, 0.25, [30.0, 0.0, -30.0]), (90.0, 0.5, [45.0, 0.0, -45.0])):
+            layout = build_view_layout("e2p", fov, overlap, levels)
+            views = sample_views(erp, layout, 64)[0].round().permute(0, 2, 3, 1).numpy()  # (V, S, S, 3)
+            shows = [[bool((view == COLOURS[obj.colour]).all(-1).sum() > 20) for view in views] for obj in (ceiling, floor)]
+            per_row = layout.views_per_row
+            assert not any(shows[0][per_row:]) and not any(shows[1][:-per_row])  # never below / above its own row
+            assert any(shows[0][:per_row]) and any(shows[1][-per_row:])  # seen by the ring looking up / down
+
+
+def test_ceiling_floor_rows_answer_keys_and_dataset(tmp_path):
+    objects = [SceneObject("red", "circle", 30.0, 85.0, 22.0), SceneObject("blue", "square", -100.0, -80.0, 22.0)]
+    rows = scene_rows(objects, "images/a.png")
+    assert [(row["query"], row["annotation"]) for row in rows] == [
+        ("red object", "The red circle is on the ceiling."),
+        ("blue object", "The blue square is on the floor."),
+        ("ceiling", "A red circle is on the ceiling."),
+        ("floor", "A blue square is on the floor."),
+        ("panorama", "There is a red circle on the ceiling and a blue square on the floor."),
+    ]
+    assert synthetic_answer_key("red object", "The red circle is on the floor.") == "floor"
+    assert synthetic_answer_key("ceiling", "A green circle is on the ceiling.") == "green"
+    assert synthetic_accuracy(["ceiling", "red object"], ["A red x.", "It is on the ceiling."], ["A red y.", "on the floor"]) == (0.5, 2)
+    assert TASK_CHANCE["ceiling_floor"] == 0.375
+
+    train, test = write_synthetic_dataset(tmp_path / "cf", num=5, seed=2, height=32, task="ceiling_floor")
+    queries = [row["query"] for row in read_rows(train) + read_rows(test)]
+    assert queries.count("ceiling") == queries.count("floor") == 5 and len(queries) == 25
+    with pytest.raises(ValueError, match="leave num_objects and min_objects unset"):
+        write_synthetic_dataset(tmp_path / "bad", num=5, task="ceiling_floor", num_objects=2)
+    with pytest.raises(ValueError, match="task must be one of"):
+        write_synthetic_dataset(tmp_path / "bad", num=5, task="sky")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_make_synthetic_panoramas_cli(tmp_path):
     command = [sys.executable, ROOT / "examples" / "make_synthetic_panoramas.py", "--output-dir", tmp_path, "--num", "4"]
     result = subprocess.run([*map(str, command), "--height", "32", "--num-objects", "2", "--min-objects", "1"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert read_rows(tmp_path / "train.csv") and read_rows(tmp_path / "test.csv")
+    command = [sys.executable, ROOT / "examples" / "make_synthetic_panoramas.py", "--output-dir", tmp_path / "cf", "--num", "4"]
+    result = subprocess.run([*map(str, command), "--height", "32", "--task", "ceiling_floor"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {row["query"] for row in read_rows(tmp_path / "cf" / "train.csv")} >= {"ceiling", "floor"}

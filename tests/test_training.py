@@ -624,7 +624,7 @@ def test_collator_truncates_only_the_answer_and_never_image_tokens(tiny_mlp, cap
 def test_views_only_collator_returns_views_without_text(tiny_mlp, caption_rows):
     _, processor = tiny_mlp
     batch = PanoVLMDataCollator(processor, views_only=True)(caption_rows)
-    assert set(batch) == {"pixel_values", "view_yaw_deg", "view_pitch_deg", "view_fov_deg"}
+    assert set(batch) == {"pixel_values", "view_yaw_deg", "view_pitch_deg", "view_fov_deg", "view_vfov_deg"}
     assert batch["pixel_values"].shape[:2] == (3, processor.image_processor.view_layout.num_views)
 
 
@@ -686,7 +686,7 @@ def test_overlap_pairs_match_neighbouring_columns_and_wrap_around():
     # Each view's columns hold their circle column index: the right k of view v equal the left k of view v + 1.
     column = (torch.arange(views)[:, None] * (cols - k) + torch.arange(cols)[None]) % (views * (cols - k))
     embeddings = column[None, :, None, :, None].expand(1, views, rows, cols, dim).float()
-    left, right = overlap_pairs(embeddings, layout)
+    [(left, right)] = overlap_pairs(embeddings, layout)
     assert left.shape == right.shape == (views, rows * k, dim)
     assert torch.equal(left, right)
     loss, terms = overlap_vicreg_loss(embeddings, layout, VICRegWeights(1.0, 0.0, 0.0))

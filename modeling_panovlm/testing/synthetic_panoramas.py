@@ -1,8 +1,15 @@
 """Synthetic equirectangular panoramas: coloured shapes at known directions, with captions.
 
 Shapes are drawn on the sphere (in each object's own tangent frame), so they look right in every perspective view
-and wrap correctly across the +/-180 degree seam. Directions follow the library convention: yaw 0 = front,
-+90 = right, +/-180 = behind, -90 = left.
+and wrap correctly across the +/-180 degree seam and over the poles. Directions follow the library convention: yaw
+0 = front, +90 = right, +/-180 = behind, -90 = left; pitch +90 = straight up.
+
+Two tasks:
+
+* `"directions"` (what the demo trains on): up to four objects near the horizon, one per compass direction.
+* `"ceiling_floor"`: one object on the ceiling and one on the floor (pitch beyond +/-78 degrees, at most 26 degrees
+  across, so no view of a horizon ring of fov up to 120 degrees sees them), asked about as "ceiling" / "floor":
+  it measures what views above and below the horizon (`pitch_levels_deg`) add.
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond")
 DIRECTIONS: dict[str, float] = {"front": 0.0, "right": 90.0, "behind": 180.0, "left": -90.0}
 DIRECTION_PHRASES = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left"}
+# Objects this far above / below the horizon are on the ceiling / floor rather than in a compass direction.
+PLACE_MIN_PITCH_DEG = 60.0
+PLACE_PHRASES = {**DIRECTION_PHRASES, "ceiling": "on the ceiling", "floor": "on the floor"}
+TASKS = ("directions", "ceiling_floor")
+# Accuracy of guessing on the scored questions: 1 in 4 colours / directions; for ceiling_floor half the questions
+# are colours (1 in 4) and half ceiling-or-floor (1 in 2).
+TASK_CHANCE = {"directions": 0.25, "ceiling_floor": 0.375}
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,15 @@ class SceneObject:
     def direction(self) -> str:
         """The nearest of front / right / behind / left."""
         return direction_of(self.yaw_deg)
+
+    @property
+    def place(self) -> str:
+        """`"ceiling"` / `"floor"` at least `PLACE_MIN_PITCH_DEG` above / below the horizon, else the direction."""
+        if self.pitch_deg >= PLACE_MIN_PITCH_DEG:
+            return "ceiling"
+        if self.pitch_deg <= -PLACE_MIN_PITCH_DEG:
+            return "floor"
+        return self.direction
 
 
 def direction_of(yaw_deg: float) -> str:
@@ -112,23 +135,37 @@ def random_scene(rng: random.Random, num_objects: int = 4, seam_probability: flo
     return objects
 
 
+def ceiling_floor_scene(rng: random.Random) -> list[SceneObject]:
+    """One object on the ceiling (pitch 78 to 90) and one on the floor (pitch -90 to -78), of distinct colours and
+    20 to 26 degrees across, at random yaws: every point of them lies more than 60 degrees off the horizon, where no
+    view of a horizon ring of fov up to 120 degrees reaches."""
+    colours = rng.sample(list(COLOURS), 2)
+    return [
+        SceneObject(colour, rng.choice(SHAPES), rng.uniform(-180.0, 180.0), sign * rng.uniform(78.0, 90.0), rng.uniform(20.0, 26.0))
+        for colour, sign in zip(colours, (1.0, -1.0))
+    ]
+
+
+def _place_order(obj: SceneObject) -> int:
+    return list(PLACE_PHRASES).index(obj.place)
+
+
 def describe_scene(objects: list[SceneObject]) -> str:
-    """A caption naming every object's colour, shape and direction, front first, clockwise."""
-    order = list(DIRECTIONS)
-    ordered = sorted(objects, key=lambda obj: order.index(obj.direction))
-    parts = [f"a {obj.colour} {obj.shape} {DIRECTION_PHRASES[obj.direction]}" for obj in ordered]
+    """A caption naming every object's colour, shape and place: front first, clockwise, then ceiling and floor."""
+    ordered = sorted(objects, key=_place_order)
+    parts = [f"a {obj.colour} {obj.shape} {PLACE_PHRASES[obj.place]}" for obj in ordered]
     return "There is " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] + "."
 
 
 def scene_rows(objects: list[SceneObject], image: str) -> list[dict[str, str]]:
     """QuIC-360-style rows (`url`, `query`, `annotation`) about one scene: for every object a colour query
-    ("red object" -> where it is), for every occupied direction a direction query ("left" -> what is there), and
-    one caption of the whole scene ("panorama")."""
+    ("red object" -> where it is), for every occupied place a place query ("left", "ceiling" -> what is there),
+    and one caption of the whole scene ("panorama")."""
     rows = []
     for obj in objects:
-        rows.append({"url": image, "query": f"{obj.colour} object", "annotation": f"The {obj.colour} {obj.shape} is {DIRECTION_PHRASES[obj.direction]}."})
-    for obj in sorted(objects, key=lambda o: list(DIRECTIONS).index(o.direction)):
-        rows.append({"url": image, "query": obj.direction, "annotation": f"A {obj.colour} {obj.shape} is {DIRECTION_PHRASES[obj.direction]}."})
+        rows.append({"url": image, "query": f"{obj.colour} object", "annotation": f"The {obj.colour} {obj.shape} is {PLACE_PHRASES[obj.place]}."})
+    for obj in sorted(objects, key=_place_order):
+        rows.append({"url": image, "query": obj.place, "annotation": f"A {obj.colour} {obj.shape} is {PLACE_PHRASES[obj.place]}."})
     rows.append({"url": image, "query": "panorama", "annotation": describe_scene(objects)})
     return rows
 
@@ -139,19 +176,27 @@ def write_synthetic_dataset(
     seed: int = 0,
     height: int = 128,
     test_fraction: float = 0.2,
-    num_objects: int = 4,
+    num_objects: int | None = None,
     min_objects: int | None = None,
+    task: str = "directions",
 ) -> tuple[Path, Path]:
     """Render `num` random scenes to `<output_dir>/images/` and write `train.csv` and `test.csv` (QuIC-360 columns,
     relative image paths); the last `test_fraction` of the panoramas are held out in `test.csv`. Returns both
     paths.
 
-    Each scene holds `num_objects` objects, or a uniformly random number from `min_objects` to `num_objects` when
-    `min_objects` is given (scenes with fewer objects give a small model an easier start: with one object the
-    colour alone answers a direction question, with four it must look in the right direction).
+    `task="directions"`: each scene holds `num_objects` (default 4) objects near the horizon, or a uniformly random
+    number from `min_objects` to `num_objects` when `min_objects` is given (scenes with fewer objects give a small
+    model an easier start: with one object the colour alone answers a direction question, with four it must look
+    in the right direction). `task="ceiling_floor"`: each scene is a `ceiling_floor_scene` (its own two objects;
+    `num_objects` / `min_objects` do not apply).
     """
     if num < 2 or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"need num >= 2 and 0 < test_fraction < 1, got num={num}, test_fraction={test_fraction}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "ceiling_floor" and (num_objects, min_objects) != (None, None):
+        raise ValueError("task='ceiling_floor' places one object on the ceiling and one on the floor: leave num_objects and min_objects unset")
+    num_objects = len(DIRECTIONS) if num_objects is None else num_objects
     low = num_objects if min_objects is None else min_objects
     if not 1 <= low <= num_objects:
         raise ValueError(f"need 1 <= min_objects <= num_objects, got min_objects={min_objects}, num_objects={num_objects}")
@@ -161,8 +206,10 @@ def write_synthetic_dataset(
     num_test = max(1, round(num * test_fraction))
     splits: dict[str, list[dict[str, str]]] = {"train": [], "test": []}
     for index in range(num):
-        # No draw for a fixed count, so datasets written before `min_objects` existed stay the same.
-        objects = random_scene(rng, rng.randint(low, num_objects) if low < num_objects else num_objects)
+        if task == "ceiling_floor":
+            objects = ceiling_floor_scene(rng)
+        else:  # no draw for a fixed count, so datasets written before `min_objects` existed stay the same
+            objects = random_scene(rng, rng.randint(low, num_objects) if low < num_objects else num_objects)
         name = f"images/pano_{index:05d}.png"
         render_panorama(objects, height=height, seed=seed * 1_000_003 + index).save(output_dir / name)
         splits["test" if index >= num - num_test else "train"].extend(scene_rows(objects, name))
@@ -178,11 +225,11 @@ def write_synthetic_dataset(
 
 
 def synthetic_answer_key(query: str, answer: str) -> str | None:
-    """What a synthetic answer must get right: the direction for a colour query ("red object"), the colour for a
-    direction query ("left"); `None` for other queries. The first direction phrase / colour word in `answer`."""
+    """What a synthetic answer must get right: the place for a colour query ("red object"), the colour for a
+    place query ("left", "ceiling"); `None` for other queries. The first place phrase / colour word in `answer`."""
     if query.endswith(" object"):
-        candidates = {name: answer.find(phrase) for name, phrase in DIRECTION_PHRASES.items()}
-    elif query in DIRECTIONS:
+        candidates = {name: answer.find(phrase) for name, phrase in PLACE_PHRASES.items()}
+    elif query in PLACE_PHRASES:
         candidates = {colour: answer.find(colour) for colour in COLOURS}
     else:
         return None
@@ -191,8 +238,8 @@ def synthetic_answer_key(query: str, answer: str) -> str | None:
 
 
 def synthetic_accuracy(queries: list[str], references: list[str], predictions: list[str]) -> tuple[float, int]:
-    """Share of colour/direction questions whose prediction names the reference's direction / colour, and how many
-    such questions there were. Chance is 1 in 4."""
+    """Share of colour/place questions whose prediction names the reference's place / colour, and how many such
+    questions there were. Chance is 1 in 4 for the directions task."""
     scored = [
         synthetic_answer_key(query, prediction) == key
         for query, reference, prediction in zip(queries, references, predictions)
@@ -207,8 +254,12 @@ __all__ = [
     "COLOURS",
     "DIRECTIONS",
     "DIRECTION_PHRASES",
+    "PLACE_PHRASES",
     "SHAPES",
+    "TASKS",
+    "TASK_CHANCE",
     "SceneObject",
+    "ceiling_floor_scene",
     "describe_scene",
     "direction_of",
     "random_scene",

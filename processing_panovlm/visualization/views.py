@@ -118,9 +118,11 @@ def render_view_overview(
 
     Args:
         panorama: anything `load_panorama` accepts.
-        image_processor: decides the views (its crop strategy, fov, overlap, view size).
+        image_processor: decides the views (its crop strategy, fov, overlap, pitch levels, view size).
         display_width: width of the output picture in pixels.
-        columns: tiles per row (default: all views in one row, up to 5).
+        columns: tiles per row. By default a layout with several pitch rows shows the global view (if any) on a
+            row of its own, then one row of tiles per pitch row, as the views are arranged around the sphere;
+            otherwise all views run in rows of up to 5.
 
     Returns:
         An RGB `PIL.Image`.
@@ -133,20 +135,28 @@ def render_view_overview(
     erp_image = erp_image.resize((display_width, display_width // 2), Image.Resampling.BILINEAR)
     top = draw_view_footprints(erp_image, layout.views, image_processor.image_size)
 
-    columns = columns or min(len(tiles), 5)
-    rows = math.ceil(len(tiles) / columns)
+    if columns is None and layout.num_rows > 1:
+        columns, first = layout.views_per_row, int(layout.has_global_view)
+        places = [(0, 0)] * first + [(first + index // columns, index % columns) for index in range(len(tiles) - first)]
+    else:
+        columns = columns or min(len(tiles), 5)
+        places = [(index // columns, index % columns) for index in range(len(tiles))]
+    rows = places[-1][0] + 1
     margin, label = 6, 14
     tile = (display_width - margin * (columns + 1)) // columns
     canvas = Image.new("RGB", (display_width, top.height + rows * (tile + label + margin) + margin), (24, 24, 24))
     canvas.paste(top, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for index, (pixels, view) in enumerate(zip(tiles, layout.views)):
-        x = margin + (index % columns) * (tile + margin)
-        y = top.height + margin + (index // columns) * (tile + label + margin)
+    for index, (pixels, view, (row, column)) in enumerate(zip(tiles, layout.views, places)):
+        x = margin + column * (tile + margin)
+        y = top.height + margin + row * (tile + label + margin)
         colour = VIEW_COLOURS[index % len(VIEW_COLOURS)] if is_point_sampled(view) else (160, 160, 160)
         canvas.paste(Image.fromarray(pixels).resize((tile, tile), Image.Resampling.BILINEAR), (x, y + label))
         draw.rectangle((x - 2, y + label - 2, x + tile + 1, y + label + tile + 1), outline=colour, width=2)
-        draw.text((x, y), f"{index}: yaw {view.yaw_deg:g}, pitch {view.pitch_deg:g} ({view.kind})", fill=colour)
+        text = f"{index}: yaw {view.yaw_deg:g}, pitch {view.pitch_deg:g} ({view.kind})"
+        if draw.textlength(text) > tile:  # narrow tiles (many views a row): the short form
+            text = f"{index}: y {view.yaw_deg:g} p {view.pitch_deg:g}"
+        draw.text((x, y), text, fill=colour)
     return canvas
 
 
