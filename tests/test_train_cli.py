@@ -178,6 +178,14 @@ def test_run_file_selection_skips_overrides_and_force(workspace):
     rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     assert state["global_step"] == 3 and max(rates) == pytest.approx(1e-5)
 
+    # The same command with its evaluation on: the stage is kept, and the evaluation, older than the retrained
+    # output, is made again.
+    evaluated = (run_dir / "evaluation" / "metrics.json").stat().st_mtime_ns
+    again = run([*CLI, "train", *finetune[:-1]])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage finetune: kept (3 steps)" in again.stdout
+    assert (run_dir / "evaluation" / "metrics.json").stat().st_mtime_ns > evaluated
+
 
 def test_rerunning_a_finished_command_trains_nothing(workspace):
     out = workspace / "again"

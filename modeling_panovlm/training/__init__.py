@@ -1,8 +1,11 @@
 """The three PanoVLM training stages on `transformers.Trainer`: stage specs and callback, the trainer, the overlap
-VICReg loss, LoRA on the language model, the stage runner (CLI / run files) and training-curve plots."""
+VICReg loss, LoRA on the language model, the stage options (a `TrainingArguments` subclass) and runner, run files
+and the plan of a run (`panovlm train`), and training-curve plots."""
 
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config, lm_lora_target_regex
 from .losses import VICRegWeights, overlap_pairs, overlap_vicreg_loss
+from .options import StageOptions
+from .runner import run_stage
 from .stages import (
     STAGES,
     PanoVLMStageCallback,
@@ -19,6 +22,7 @@ __all__ = [
     "STAGES",
     "PanoVLMStageCallback",
     "PanoVLMTrainer",
+    "StageOptions",
     "StageSpec",
     "VICRegWeights",
     "apply_stage",
@@ -27,5 +31,6 @@ __all__ = [
     "lm_lora_target_regex",
     "overlap_pairs",
     "overlap_vicreg_loss",
+    "run_stage",
     "vision_tower_blocks",
 ]

@@ -23,7 +23,7 @@ from modeling_panovlm.hub.cards import write_adapter_card
 from .options import StageOptions
 from .plots import plot_run_curves
 from .run_file import RunStages
-from .runner import read_stage_summary, resolve_model_source, run_stage
+from .runner import SUMMARY_FILE, read_stage_summary, resolve_model_source, run_stage
 from .stages import STAGES
 
 
@@ -112,7 +112,7 @@ def evaluate_after_training(plan: list[PlannedStage], run_dir: Path, show_progre
             logger.info("no caption evaluation after a %s stage: it does not train the language side", last.stage)
         return None
     state = PartialState()
-    if plan[-1].skip is not None and (target / "metrics.json").is_file():
+    if plan[-1].skip is not None and _evaluation_is_current(target, last):
         logger.info("evaluation of %s kept: %s", last.output_dir, target)
         return target
     if state.is_main_process:
@@ -136,12 +136,24 @@ def evaluate_after_training(plan: list[PlannedStage], run_dir: Path, show_progre
     return target
 
 
+def _evaluation_is_current(target: Path, options: StageOptions) -> bool:
+    """Whether `target` holds an evaluation of this very output on this table, made after the output was."""
+    metrics, summary = target / "metrics.json", Path(options.output_dir) / SUMMARY_FILE
+    if not metrics.is_file() or metrics.stat().st_mtime < summary.stat().st_mtime:
+        return False
+    recorded = json.loads(metrics.read_text(encoding="utf-8"))
+    return recorded.get("data", {}).get("source") == str(options.eval_csv) and (
+        recorded.get("generation", {}).get("model") == str(options.output_dir)
+    )
+
+
 def plot_run(plan: list[PlannedStage], path: Path) -> Path | None:
     """One PNG of every stage's curves, one after the other (main process only)."""
     histories = []
     for planned in plan:
         state = Path(planned.options.output_dir) / "trainer_state.json"
-        histories.append((planned.options.stage, json.loads(state.read_text(encoding="utf-8"))["log_history"]))
+        history = json.loads(state.read_text(encoding="utf-8"))["log_history"] if state.is_file() else []
+        histories.append((planned.options.stage, history))
     return plot_run_curves(histories, path, f"{len(plan)} stages: {' -> '.join(name for name, _ in histories)}")
 
 
