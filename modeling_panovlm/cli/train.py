@@ -68,13 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if main_process and (run.dry_run or not run.quiet):
         print(format_plan(plan, stages, details=run.dry_run), flush=True)
     if run.dry_run:
+        _end_distributed(main_process, leave=True)
         return 0
     log_file = attach_log_file(stages.run_dir / "train.log")
     for summary in run_plan(plan):
         if main_process:
             print(format_stage_line(summary), flush=True)
-    evaluation = evaluate_after_training(plan, stages.run_dir, show_progress=not run.quiet)
+    # Training is over: the other processes leave, and the main one evaluates alone (no barrier to time out).
+    distributed = _end_distributed(main_process, leave=False)
     if main_process:
+        evaluation = evaluate_after_training(plan, stages.run_dir, show_progress=not run.quiet)
         if len(plan) > 1:
             curves = plot_run(plan, stages.run_dir / "training_curves.png")
             if curves is not None:
@@ -84,14 +87,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         dropped = library_warnings_logged()
         if dropped and log_file is not None:
             print(f"{dropped} warning(s) from libraries were written to {log_file}")
-    if dist.is_available() and dist.is_initialized():
-        # torch's gloo teardown can abort at interpreter exit; end the ranks explicitly once all work is done.
-        dist.barrier()
-        dist.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    if distributed:
+        _exit()
     return 0
+
+
+def _end_distributed(main_process: bool, leave: bool) -> bool:
+    """End the process group, if any: the other processes exit, and the main one too when `leave`. Returns whether
+    there was one. torch's gloo teardown can abort at interpreter exit, so processes that had one end explicitly."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    if leave or not main_process:
+        _exit()
+    return True
+
+
+def _exit() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _warn_if_processes_were_lost() -> None:

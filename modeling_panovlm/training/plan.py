@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
-
 from modeling_panovlm.evaluation import evaluate_caption_table, greedy_generation_config, load_model_and_processor
 from modeling_panovlm.hub.cards import write_adapter_card
 
@@ -102,37 +100,35 @@ def evaluation_target(plan: list[PlannedStage], run_dir: Path) -> Path | None:
 
 
 def evaluate_after_training(plan: list[PlannedStage], run_dir: Path, show_progress: bool = True) -> Path | None:
-    """Evaluate the last stage's output on its `eval_csv` into `<run_dir>/evaluation` (main process; the others
-    wait) and return that directory; None when there is nothing to evaluate (see `evaluation_target`). A complete
-    evaluation of a skipped last stage is kept."""
+    """Evaluate the last stage's output on its `eval_csv` into `<run_dir>/evaluation` and return that directory;
+    None when there is nothing to evaluate (see `evaluation_target`). A current evaluation of a skipped last stage
+    is kept. Runs in the calling process alone: under distributed training, call it on the main process once the
+    others are done (a long evaluation would otherwise outlast their barrier's timeout)."""
     target = evaluation_target(plan, run_dir)
     last = plan[-1].options
     if target is None:
         if last.eval_csv and STAGES[last.stage].loss != "lm":
             logger.info("no caption evaluation after a %s stage: it does not train the language side", last.stage)
         return None
-    state = PartialState()
     if plan[-1].skip is not None and _evaluation_is_current(target, last):
         logger.info("evaluation of %s kept: %s", last.output_dir, target)
         return target
-    if state.is_main_process:
-        model, processor = load_model_and_processor(last.output_dir)
-        evaluate_caption_table(
-            model,
-            processor,
-            last.eval_csv,
-            target,
-            max_samples=last.evaluation_max_samples,
-            batch_size=last.eval_batch_size,
-            generation_config=greedy_generation_config(model, last.evaluation_max_new_tokens),
-            seed=last.seed,
-            show_progress=show_progress,
-            model_name=str(last.output_dir),
-            tokenizer=last.metrics_tokenizer,
-        )
-        if STAGES[last.stage].lora:  # the adapter's card gets the scores
-            write_adapter_card(last.output_dir, training_data=last.train_csv, metrics=target / "metrics.json")
-    state.wait_for_everyone()
+    model, processor = load_model_and_processor(last.output_dir)
+    evaluate_caption_table(
+        model,
+        processor,
+        last.eval_csv,
+        target,
+        max_samples=last.evaluation_max_samples,
+        batch_size=last.eval_batch_size,
+        generation_config=greedy_generation_config(model, last.evaluation_max_new_tokens),
+        seed=last.seed,
+        show_progress=show_progress,
+        model_name=str(last.output_dir),
+        tokenizer=last.metrics_tokenizer,
+    )
+    if STAGES[last.stage].lora:  # the adapter's card gets the scores
+        write_adapter_card(last.output_dir, training_data=last.train_csv, metrics=target / "metrics.json")
     return target
 
 

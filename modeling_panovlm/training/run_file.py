@@ -159,7 +159,8 @@ def typed_values(parser: TrainArgumentParser, values: dict, where: str) -> dict:
     """A run file's `{key: value}` typed and checked by the command-line parser; errors name `where` and the key."""
     unknown = sorted(set(values) - STAGE_OPTION_NAMES)
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}")
+        hints = [f"{key} (write {key.replace('-', '_')})" for key in unknown if key.replace("-", "_") in STAGE_OPTION_NAMES]
+        raise ValueError(f"{where} has unknown keys {unknown}" + (f": {', '.join(hints)}" if hints else ""))
     actions = {action.dest: action for action in parser._actions}
     argv, direct = [], {}
     for key, value in values.items():
