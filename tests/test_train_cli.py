@@ -274,7 +274,13 @@ def test_bad_command_lines_and_run_files_give_clear_errors(workspace, tmp_path, 
     config.write_text(f"model: m\ntrain_csv: t.csv\noutput_dir: {tmp_path / 'o'}\nstages:\n  - stage: vision\n")
     assert "has no stage 'finetune' (its stages: vision)" in error_of("--config", config, "--stage", "finetune")
     assert "give --stage (one stage) or --stages" in error_of("--config", config, "--stage", "vision", "--stages", "vision")
+    config.write_text(f"model: m\ntrain_csv: t.csv\noutput_dir: {tmp_path / 'o'}\nstages:\n  - stage: vision\n  - stage: resampler\n")
+    assert (
+        f"stage 1 (resampler) starts from {tmp_path / 'o' / 'vision'}, the output of the vision stage, which is not "
+        "complete: run that stage too (--stages vision resampler), or give --model"
+    ) in error_of("--config", config, "--stage", "resampler")
     assert "run file nowhere.yaml does not exist" in error_of("--config", "nowhere.yaml")
+    assert f"run file {tmp_path} is not a file" in error_of("--config", tmp_path)
     assert not (tmp_path / "o").exists()
 
 
@@ -316,9 +322,9 @@ def test_the_example_run_file_describes_three_valid_stages_in_order():
         ("resampler", str(Path("run") / "vision"), str(Path("run") / "resampler")),
         ("finetune", str(Path("run") / "resampler"), str(Path("run") / "finetune")),
     ]
-    # --stage finetune with nothing else: from the resampler stage's output, with the file's finetune options.
-    (finetune,) = resolve_stages(ROOT / "examples" / "stages.yaml", {"stage": "finetune", "max_steps": 5}).stages
-    assert (finetune.model, finetune.max_steps, finetune.learning_rate) == (str(Path("out/run/resampler")), 5, 3e-3)
+    # One stage of it, from a given model, with the file's options for that stage and the flags over them.
+    (finetune,) = resolve_stages(ROOT / "examples" / "stages.yaml", {"stage": "finetune", "model": "m", "max_steps": 5}).stages
+    assert (finetune.model, finetune.max_steps, finetune.learning_rate, finetune.lora_dropout) == ("m", 5, 3e-3, 0.0)
 
 
 def test_help_documents_every_flag_with_an_example_and_the_stage_choices():

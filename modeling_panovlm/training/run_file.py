@@ -21,6 +21,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .options import DataOptions, StageOptions, flag
+from .runner import read_stage_summary
 from .stages import STAGES
 
 
@@ -130,7 +131,7 @@ def read_run_file(path: str | Path) -> tuple[dict, list[dict], bool]:
     """`(top-level options, stage entries, whether the file holds a single stage)`, checked for shape only."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"run file {path} does not exist")
+        raise ValueError(f"run file {path} {'is not a file' if path.exists() else 'does not exist'}")
     text = path.read_text(encoding="utf-8")
     try:
         content = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
@@ -243,8 +244,16 @@ def resolve_stages(
             source = entry["model"]
         elif position > 0:
             source = outputs[selected[position - 1]]
-        else:
-            source = top.get("model") if i == 0 else outputs[i - 1]
+        elif i == 0:
+            source = top.get("model")
+        else:  # the output of the stage before it in the file, which this run does not train
+            source = outputs[i - 1]
+            if read_stage_summary(source) is None:
+                previous = entries[i - 1]["stage"]
+                raise ValueError(
+                    f"{config}: stage {i} ({entry['stage']}) starts from {source}, the output of the {previous} stage, "
+                    f"which is not complete: run that stage too (--stages {previous} {entry['stage']}), or give --model"
+                )
         values = {**top, **entry, **overrides, "model": source, "output_dir": outputs[i]}
         try:
             result.append(StageOptions(**values))
