@@ -26,7 +26,7 @@ from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from modeling_panovlm.training.plots import integer_ticks, plot_run_curves, plot_training_curves
 from modeling_panovlm.training.run_file import TrainArgumentParser, resolve_stages
-from modeling_panovlm.training.runner import StageOptions, resolve_model_source, run_stage
+from modeling_panovlm.training.runner import StageOptions, read_stage_summary, resolve_model_source, run_stage
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,6 +363,13 @@ def test_seed_makes_every_stage_bit_reproducible_on_cpu(workspace, tmp_path):
         previous = tmp_path / f"{stage}-1"
     other = train("finetune", tmp_path / "resampler-1", "finetune-seed-8", seed=8)
     assert any(not torch.equal(first[k], other[k]) for k in first if "lora_A" in k)  # the seed does matter
+
+    # A run into a complete output that stops halfway leaves it incomplete, not vouched for by the old summary.
+    assert read_stage_summary(tmp_path / "vision-2") is not None
+    with pytest.raises(ValueError, match="--vision-trainable-blocks must be between 0 and 2"):
+        run_stage(StageOptions(stage="vision", model=str(workspace / "tiny"), train_csv=str(workspace / "data" / "train.csv"),
+                               output_dir=str(tmp_path / "vision-2"), vision_trainable_blocks=3))
+    assert read_stage_summary(tmp_path / "vision-2") is None
 
 
 def test_early_stopping_on_eval_loss_keeps_the_best_checkpoint(workspace, tmp_path):

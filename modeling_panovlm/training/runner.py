@@ -95,6 +95,10 @@ def run_stage(options: StageOptions) -> Path:
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
     source = resolve_model_source(options.model)
+    if options.process_index == 0:
+        # From here on the directory no longer holds the complete output it may have held: a run stopped halfway
+        # must not leave the old summary to vouch for a mix of old and new files.
+        (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
     # Seeded before anything random exists: PEFT initialises the LoRA weights when it wraps the model, before the
     # Trainer seeds (again) in its constructor.
     (enable_full_determinism if options.full_determinism else set_seed)(options.seed)
