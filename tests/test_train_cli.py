@@ -315,6 +315,24 @@ def test_run_files_are_typed_by_the_command_line_parser_yaml_and_json(tmp_path):
     assert [(o.stage, o.output_dir, o.max_steps) for o in run.stages] == [("resampler", "elsewhere", 4)]
 
 
+def test_python_callers_get_errors_naming_the_option():
+    base = dict(stage="finetune", model="m", train_csv="t.csv", output_dir="o")
+    for bad, error, message in [
+        ({"max_steps": 1.5}, TypeError, "--max-steps must be int, got float 1.5"),
+        ({"augment": "sometimes"}, TypeError, "--augment must be bool, got str 'sometimes'"),
+        ({"lora_modules": "q_proj"}, TypeError, "--lora-modules must be list, got str 'q_proj'"),
+        ({"learning_rate": True}, TypeError, "--learning-rate must be float or int, got bool True"),
+        ({"stage": "vison"}, ValueError, "--stage must be one of ['vision', 'resampler', 'finetune'], got 'vison'"),
+        ({"trainer_args": {"per_device_train_batch_size": 3}}, ValueError, "PanoVLM derives it from its own options"),
+        ({"trainer_args": {"no_such_field": 3}}, ValueError, "'no_such_field': it is not a TrainingArguments field"),
+    ]:
+        with pytest.raises(error) as raised:
+            StageOptions(**{**base, **bad})
+        assert message in str(raised.value), bad
+    options = StageOptions(**base, batch_size=3, trainer_args={"optim": "sgd"}, gradient_checkpointing=True)
+    assert (options.per_device_train_batch_size, options.optim.value, options.activation_checkpointing) == (3, "sgd", True)
+
+
 def test_the_example_run_file_describes_three_valid_stages_in_order():
     run = resolve_stages(ROOT / "examples" / "stages.yaml", {"model": "m", "output_dir": "run"})
     assert [(o.stage, o.model, o.output_dir) for o in run.stages] == [

@@ -10,7 +10,8 @@ valid range, before any model is loaded.
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
 from transformers import TrainingArguments
@@ -230,15 +231,19 @@ class StageOptions(TrainingArguments, DataOptions):
             raise ValueError(f"no value for {', '.join(flag(name) for name in missing)}")
         if self.stage not in STAGES:
             raise ValueError(f"--stage must be one of {list(STAGES)}, got {self.stage!r}")
+        if self.metrics_tokenizer not in TOKENIZERS:
+            raise ValueError(f"--metrics-tokenizer must be one of {list(TOKENIZERS)}, got {self.metrics_tokenizer!r}")
         self.module_learning_rates = _json_object(self.module_learning_rates, "module_learning_rates")
         self.trainer_args = _json_object(self.trainer_args, "trainer_args")
+        self._check_types()
         self._check_ranges()
-        own = {f.name for f in fields(StageOptions) if f.name in vars(StageOptions)["__annotations__"]}
-        own |= set(vars(DataOptions)["__annotations__"])
-        passable = {f.name for f in fields(TrainingArguments) if f.init and f.name not in own}
         for key, value in self.trainer_args.items():
-            if key not in passable:
-                reason = f"it is the option {flag(key)}" if key in own else "it is not a TrainingArguments field"
+            if key not in _PASSABLE:
+                reason = (
+                    f"it is the option {flag(key)}" if key in _OPTIONS
+                    else "PanoVLM derives it from its own options" if key in _OWN
+                    else "it is not a TrainingArguments field"
+                )
                 raise ValueError(f"--trainer-args cannot set {key!r}: {reason}")
             setattr(self, key, value)
         self.per_device_train_batch_size = self.batch_size
@@ -260,6 +265,18 @@ class StageOptions(TrainingArguments, DataOptions):
             self.metric_for_best_model = self.metric_for_best_model or "eval_loss"
             self.save_strategy = "best"
         super().__post_init__()
+
+    def _check_types(self) -> None:
+        """PanoVLM's own options, checked for Python callers (the parser types the command line and run files)."""
+        hints = get_type_hints(StageOptions)
+        for name in sorted(_OPTIONS - {"stage", "metrics_tokenizer", "module_learning_rates", "trainer_args"}):
+            value, kind = getattr(self, name), hints[name]
+            members = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
+            allowed = tuple(get_origin(member) or member for member in members)
+            allowed += (int,) if float in allowed else ()
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                expected = " or ".join(sorted({t.__name__ for t in allowed}))
+                raise TypeError(f"{flag(name)} must be {expected}, got {type(value).__name__} {value!r}")
 
     def _check_ranges(self) -> None:
         checks = [
@@ -302,6 +319,13 @@ class StageOptions(TrainingArguments, DataOptions):
         for prefix, rate in self.module_learning_rates.items():
             if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
                 raise ValueError(f"--module-learning-rates: the rate of {prefix!r} must be a number > 0, got {rate!r}")
+
+
+# The options StageOptions declares itself (its own and the data options), and the other TrainingArguments fields,
+# which --trainer-args may set.
+_OWN = frozenset(vars(StageOptions)["__annotations__"]) | frozenset(vars(DataOptions)["__annotations__"])
+_OPTIONS = frozenset(f.name for f in fields(StageOptions) if f.init) & _OWN
+_PASSABLE = frozenset(f.name for f in fields(TrainingArguments) if f.init and f.name not in _OWN)
 
 
 def _json_object(value: dict | str | None, name: str) -> dict:
