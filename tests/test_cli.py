@@ -4,9 +4,11 @@ and the example scripts as thin calls of the same functions."""
 
 import ast
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,56 @@ def test_python_m_cli_and_the_example_scripts_are_the_same_commands():
         assert via_cli.stdout == via_example.stdout and f"usage: panovlm {name}" in via_cli.stdout
     source = (ROOT / "examples" / "train.py").read_text()
     assert "from modeling_panovlm.cli.train import main" in source and len(source.splitlines()) < 25
+
+
+@pytest.fixture
+def restore_logging():
+    """The console set-up of a command changes the process's logging; put it back."""
+    import datasets
+    import transformers
+
+    root, hf_root = logging.getLogger(), logging.getLogger("transformers")
+    saved = (root.handlers[:], root.level, hf_root.handlers[:], hf_root.level, hf_root.propagate)
+    yield
+    root.handlers[:], hf_root.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    hf_root.setLevel(saved[3])
+    hf_root.propagate = saved[4]
+    logging.captureWarnings(False)
+    transformers.utils.logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+
+
+def test_console_verbosity_follows_flags_transformers_and_the_process_rank(restore_logging, monkeypatch, tmp_path, capsys):
+    import transformers
+
+    from modeling_panovlm.cli import console
+
+    monkeypatch.delenv("RANK", raising=False)
+    transformers.utils.logging.set_verbosity_info()  # what TRANSFORMERS_VERBOSITY=info sets at import
+    assert console.configure_logging() == logging.INFO
+    transformers.utils.logging.set_verbosity_warning()
+    assert console.configure_logging() == logging.WARNING
+    assert console.configure_logging("debug") == logging.DEBUG
+    assert console.configure_logging("info", quiet=True) == logging.ERROR
+    with pytest.raises(ValueError, match="log level must be one of"):
+        console.configure_logging("loud")
+
+    log = console.attach_log_file(tmp_path / "run.log")
+    console.configure_logging("warning")
+    ours, theirs = logging.getLogger("modeling_panovlm.training.runner"), logging.getLogger("transformers.trainer")
+    ours.info("detail of ours")
+    theirs.info("detail of theirs")
+    ours.warning("a warning of ours")
+    warnings.warn_explicit("library deprecation", FutureWarning, "/site-packages/lib/module.py", 1)
+    warnings.warn_explicit("ours", UserWarning, str(ROOT / "modeling_panovlm" / "x.py"), 1)
+    err = capsys.readouterr().err
+    assert "a warning of ours" in err and "UserWarning: ours" in err
+    assert "detail of" not in err and "library deprecation" not in err
+    assert console.library_warnings_logged() == 1
+    text = log.read_text()
+    assert all(f in text for f in ("detail of ours", "detail of theirs", "a warning of ours", "library deprecation"))
+
+    monkeypatch.setenv("RANK", "1")  # another process of a distributed launch: warnings only, no log file
+    assert console.configure_logging("debug") == logging.WARNING
+    assert console.attach_log_file(tmp_path / "rank1.log") is None and not (tmp_path / "rank1.log").exists()
