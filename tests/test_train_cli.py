@@ -195,7 +195,7 @@ def test_rerunning_a_finished_command_trains_nothing(workspace):
     before = (out / "model.safetensors").stat().st_mtime_ns
     again = run(command)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skip (complete output from" in again.stdout and "stage resampler: kept (1 steps)" in again.stdout
+    assert "skip (complete output from" in again.stdout and "stage resampler: kept (1 step)" in again.stdout
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
 

@@ -169,7 +169,7 @@ def format_plan(plan: list[PlannedStage], run: RunStages, details: bool = False)
     lines = [f"plan ({run.source}, run directory {run.run_dir}):"]
     for planned in plan:
         options = planned.options
-        length = f"{options.max_steps} steps" if options.max_steps > 0 else f"{options.num_train_epochs:g} epochs"
+        length = _count(options.max_steps, "step") if options.max_steps > 0 else _count(options.num_train_epochs, "epoch")
         action = f"skip ({planned.skip})" if planned.skip else f"train {length}, learning rate {options.learning_rate:g}"
         lines.append(f"  {options.stage:<9} {options.model} -> {options.output_dir}: {action}")
         if details:
@@ -182,7 +182,7 @@ def format_plan(plan: list[PlannedStage], run: RunStages, details: bool = False)
 
 def format_stage_line(summary: dict) -> str:
     """One line with a stage's figures."""
-    steps = f"{summary['global_step']} steps"
+    steps = _count(summary["global_step"], "step")
     if summary["first_loss"] is not None:
         loss = f"loss {summary['first_loss']:.4g} -> {summary['last_loss']:.4g}"
     else:
@@ -195,6 +195,10 @@ def format_stage_line(summary: dict) -> str:
     if not summary.get("skipped"):
         parts.append(f"{summary['seconds']:.0f} s")
     return f"stage {summary['stage']}: {', '.join(parts)} -> {summary['output_dir']}"
+
+
+def _count(number: float, noun: str) -> str:
+    return f"{number:g} {noun}" + ("" if number == 1 else "s")
 
 
 __all__ = [
