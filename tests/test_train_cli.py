@@ -197,6 +197,14 @@ def test_rerunning_a_finished_command_trains_nothing(workspace):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "skip (complete output from" in again.stdout and "stage resampler: kept (1 step)" in again.stdout
     assert (out / "model.safetensors").stat().st_mtime_ns == before
+    # An evaluation table given afterwards: the output is kept (without early stopping the table does not change
+    # the weights) and evaluated.
+    evaluated = run([*command, "--eval-csv", workspace / "data" / "test.csv", "--metrics-tokenizer", "python",
+                     "--evaluation-max-new-tokens", "4"])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "stage resampler: kept (1 step)" in evaluated.stdout and "# PanoVLM caption evaluation" in evaluated.stdout
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["tokenizer"] == "python"
 
 
 def test_a_run_shorter_than_logging_steps_succeeds_without_a_plot(workspace):

@@ -37,6 +37,13 @@ _NOT_COMPARED = frozenset(
         "evaluation_max_new_tokens", "metrics_tokenizer", "push_to_hub", "skip_memory_metrics",
     }
 )
+# What is evaluated during training, and when: it changes the weights only through early stopping.
+_EVALUATION_ONLY = frozenset(
+    {
+        "eval_csv", "eval_steps", "eval_strategy", "do_eval", "eval_delay", "eval_on_start", "eval_batch_size",
+        "eval_accumulation_steps", "prediction_loss_only",
+    }
+)
 
 
 @dataclass
@@ -72,9 +79,13 @@ def plan_stages(stages: list[StageOptions], force: bool = False) -> list[Planned
 
 
 def option_differences(recorded: dict, options: StageOptions) -> list[str]:
-    """`name: value there, value now` for each option that changes what is trained (see `_NOT_COMPARED`)."""
+    """`name: value there, value now` for each option that changes what is trained (see `_NOT_COMPARED`; the
+    evaluation during training counts only with early stopping)."""
     current = json.loads(json.dumps(options.to_dict()))
-    names = sorted((set(recorded) | set(current)) - _NOT_COMPARED)
+    ignored = _NOT_COMPARED
+    if recorded.get("early_stopping_patience") is None and options.early_stopping_patience is None:
+        ignored |= _EVALUATION_ONLY
+    names = sorted((set(recorded) | set(current)) - ignored)
     return [
         f"{name}: {recorded.get(name)!r} there, {current.get(name)!r} now"
         for name in names
