@@ -232,6 +232,8 @@ def test_out_of_range_values_and_missing_models_are_refused_naming_the_range(wor
         (["--model", str(tmp_path / "no" / "such")], f"model directory '{tmp_path / 'no' / 'such'}' does not exist"),
         (["--trainer-args", '{"learning_rate": 1}'], "--trainer-args cannot set 'learning_rate': it is the option --learning-rate"),
         (["--max-step", "2"], "unrecognized arguments: --max-step 2"),  # no abbreviations: --lora would pick a --lora-*
+        (["--streaming"], "a streamed table has no length: set max_steps > 0 (got -1)"),
+        (["--num-proc", "0"], "num_proc must be >= 1"),
     ]:
         with pytest.raises(SystemExit) as error:
             train_main([*flags, *extra])
@@ -299,8 +301,12 @@ def test_run_files_are_typed_by_the_command_line_parser_yaml_and_json(tmp_path):
     config.write_text(base + "learning_rate: 1e-4\nsave_total_limit: null\nstages:\n  - stage: finetune\n    lora_modules: q_proj\n")
     (options,) = resolve_stages(config).stages
     assert options.learning_rate == 1e-4 and options.save_total_limit is None and options.lora_modules == ["q_proj"]
+    config.write_text(base + "image_column: image\nstages:\n  - stage: finetune\n  - stage: vision\n    streaming: true\n    max_steps: 3\n")
+    run = resolve_stages(config)
+    assert [(d.image_column, d.streaming) for d in run.data_args] == [("image", False), ("image", True)]
     for text, message in [
         ("max_steps: 1.5", "stage 0 (finetune): argument --max_steps/--max-steps: invalid int value: '1.5'"),
+        ("num_proc: 0", "stage 0 (finetune): num_proc must be >= 1"),
         ("augment: sometimes", "argument --augment: Truthy value expected: got sometimes"),
         ("learning_rate: fast", "argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
         ("learning_rate: [1, 2]", "stage 0 (finetune): learning_rate takes one value, got the list [1, 2]"),
@@ -367,7 +373,9 @@ def test_help_documents_every_flag_with_an_example_and_the_stage_choices():
                 "--vision-trainable-blocks", "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-modules",
                 "--lora-modules-to-save", "--system-prompt", "--user-template", "--augment", "--no-augment",
                 "--gradient-checkpointing", "--bf16", "--deepspeed", "--seed", "--stages", "--force", "--dry-run",
-                "--early-stopping-patience", "--log-level", "--quiet"]
+                "--early-stopping-patience", "--log-level", "--quiet", "--vicreg-mode",
+                # the data sources' options (processing_panovlm.data.DataArguments)
+                "--image-column", "--query-column", "--answer-column", "--streaming", "--train-split", "--num-proc"]
     flags = {option for action in parser._actions for option in action.option_strings}
     assert [flag for flag in contract if flag not in flags] == []
 

@@ -56,21 +56,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def configure_logging(log_level: str | None = None, quiet: bool = False) -> int:
+def configure_logging(log_level: str | None = None, quiet: bool = False, log_level_replica: str | None = None) -> int:
     """Set up the console for a command and return its level (see the module docstring). `log_level` is one of
-    `LEVELS` (or None / "passive": transformers' verbosity); `quiet` shows errors only, without progress bars."""
-    hf_logging = transformers.utils.logging
+    `LEVELS` (or None / "passive": transformers' verbosity); `quiet` shows errors only, without progress bars. The
+    other processes of a distributed launch show warnings and errors, or what `log_level_replica` asks for (as
+    `TrainingArguments.log_level_replica`)."""
+    main = is_main_process()
     if quiet:
         console = logging.ERROR
-    elif log_level not in (None, "passive"):
-        if log_level not in LEVELS:
-            raise ValueError(f"log level must be one of {LEVELS}, got {log_level!r}")
-        console = hf_logging.get_log_levels_dict()[log_level]
+    elif main or log_level_replica in (None, "passive"):
+        console = _level(log_level) if main else max(_level(log_level), logging.WARNING)
     else:
-        console = hf_logging.get_verbosity()
-    main = is_main_process()
-    if not main:
-        console = max(console, logging.WARNING)
+        console = _level(log_level_replica)
+    hf_logging = transformers.utils.logging
     # Records down to INFO are emitted on the main process, for the log file; the console handler filters them.
     emitted = min(console, logging.INFO) if main else console
     hf_logging.set_verbosity(emitted)
@@ -91,6 +89,17 @@ def configure_logging(log_level: str | None = None, quiet: bool = False) -> int:
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     return console
+
+
+def _level(name: str | None) -> int:
+    """The logging level of a `LEVELS` name; None or "passive": transformers' verbosity (`TRANSFORMERS_VERBOSITY`)."""
+    if name in (None, "passive"):
+        return transformers.utils.logging.get_verbosity()
+    if name == "detail":  # TrainingArguments' most verbose level
+        return logging.DEBUG
+    if name not in LEVELS:
+        raise ValueError(f"log level must be one of {LEVELS}, got {name!r}")
+    return transformers.utils.logging.get_log_levels_dict()[name]
 
 
 def attach_log_file(path: str | Path, level: int = logging.INFO) -> Path | None:

@@ -55,13 +55,13 @@ def build_parser() -> TrainArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     run, given = split_run_options(parser.given(sys.argv[1:] if argv is None else list(argv)))
-    configure_logging(given.get("log_level"), run.quiet)
+    configure_logging(given.get("log_level"), run.quiet, given.get("log_level_replica"))
     _warn_if_processes_were_lost()
     if run.quiet:
         given.setdefault("disable_tqdm", True)
     try:
         stages = resolve_stages(run.config, given, run.stages)
-        plan = plan_stages(stages.stages, force=run.force)
+        plan = plan_stages(stages.stages, force=run.force, data_args=stages.data_args)
     except ValueError as error:
         parser.error(str(error))
     main_process = PartialState().is_main_process

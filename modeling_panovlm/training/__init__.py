@@ -3,7 +3,7 @@ VICReg loss, LoRA on the language model, the stage options (a `TrainingArguments
 and the plan of a run (`panovlm train`), and training-curve plots."""
 
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config, lm_lora_target_regex
-from .losses import VICRegWeights, overlap_pairs, overlap_vicreg_loss
+from .losses import VICREG_MODES, VICRegWeights, overlap_pairs, overlap_vicreg_loss
 from .options import StageOptions
 from .runner import run_stage
 from .stages import (
@@ -20,6 +20,7 @@ from .trainer import PanoVLMTrainer
 __all__ = [
     "DEFAULT_LORA_MODULES",
     "STAGES",
+    "VICREG_MODES",
     "PanoVLMStageCallback",
     "PanoVLMTrainer",
     "StageOptions",

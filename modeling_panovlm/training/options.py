@@ -21,11 +21,13 @@ from modeling_panovlm.evaluation.generation import DEFAULT_MAX_NEW_TOKENS
 from modeling_panovlm.evaluation.metrics import TOKENIZERS
 
 from .lora import DEFAULT_LORA_MODULES
+from .losses import VICREG_MODES
 from .stages import STAGES
 
 
 StageName = Literal[tuple(STAGES)]
 MetricsTokenizer = Literal[TOKENIZERS]
+VICRegMode = Literal[VICREG_MODES]
 
 
 def flag(name: str) -> str:
@@ -39,15 +41,19 @@ class DataOptions:
 
     _argument_group_name = "data"
 
-    train_csv: str | None = field(
-        default=None,
-        metadata={"help": "Caption table to train on (url,query,annotation or url,instruction,response; CSV or TSV)."},
-    )
-    eval_csv: str | None = field(
+    train_csv: str | list[str] | None = field(
         default=None,
         metadata={
-            "help": "Caption table for eval_loss every --eval-steps and, after the last stage, a caption evaluation "
-            "(see --evaluate-after-training)."
+            "help": "Caption table(s) to train on, concatenated: any source of processing_panovlm.data (CSV/TSV, "
+            "JSON Lines, Parquet, WebDataset shards, globs, a saved dataset, a Hub dataset id); see the data "
+            "source options below."
+        },
+    )
+    eval_csv: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Caption table(s) for eval_loss every --eval-steps and, after the last stage, a caption "
+            "evaluation (see --evaluate-after-training)."
         },
     )
     augment: bool = field(
@@ -142,6 +148,13 @@ class StageOptions(TrainingArguments, DataOptions):
     vicreg_invariance: float = field(default=25.0, metadata={"help": "Vision stage: VICReg invariance weight."})
     vicreg_variance: float = field(default=25.0, metadata={"help": "Vision stage: VICReg variance weight."})
     vicreg_covariance: float = field(default=1.0, metadata={"help": "Vision stage: VICReg covariance weight."})
+    vicreg_mode: VICRegMode = field(
+        default="pairwise",
+        metadata={
+            "help": "Vision stage: VICReg variance and covariance of each pair of neighbouring strips (pairwise, "
+            "PanoLLaVA's) or of all the strips of the (global) batch as one set (batchwise)."
+        },
+    )
     lora_r: int = field(default=32, metadata={"help": "Finetune stage: LoRA rank."})
     lora_alpha: int = field(default=64, metadata={"help": "Finetune stage: LoRA alpha (scaling alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Finetune stage: LoRA dropout, in [0, 1)."})
@@ -231,11 +244,16 @@ class StageOptions(TrainingArguments, DataOptions):
             raise ValueError(f"no value for {', '.join(flag(name) for name in missing)}")
         if self.stage not in STAGES:
             raise ValueError(f"--stage must be one of {list(STAGES)}, got {self.stage!r}")
+        if self.vicreg_mode not in VICREG_MODES:
+            raise ValueError(f"--vicreg-mode must be one of {list(VICREG_MODES)}, got {self.vicreg_mode!r}")
         if self.metrics_tokenizer not in TOKENIZERS:
             raise ValueError(f"--metrics-tokenizer must be one of {list(TOKENIZERS)}, got {self.metrics_tokenizer!r}")
         self.module_learning_rates = _json_object(self.module_learning_rates, "module_learning_rates")
         self.trainer_args = _json_object(self.trainer_args, "trainer_args")
         self._check_types()
+        for name in ("train_csv", "eval_csv"):  # one table given as a one-item list (as flags give it) is that table
+            if isinstance(getattr(self, name), list) and len(getattr(self, name)) == 1:
+                setattr(self, name, getattr(self, name)[0])
         self._check_ranges()
         for key, value in self.trainer_args.items():
             if key not in _PASSABLE:
@@ -269,7 +287,8 @@ class StageOptions(TrainingArguments, DataOptions):
     def _check_types(self) -> None:
         """PanoVLM's own options, checked for Python callers (the parser types the command line and run files)."""
         hints = get_type_hints(StageOptions)
-        for name in sorted(_OPTIONS - {"stage", "metrics_tokenizer", "module_learning_rates", "trainer_args"}):
+        literal = {"stage", "vicreg_mode", "metrics_tokenizer"}  # checked by value
+        for name in sorted(_OPTIONS - literal - {"module_learning_rates", "trainer_args"}):
             value, kind = getattr(self, name), hints[name]
             members = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
             allowed = tuple(get_origin(member) or member for member in members)

@@ -9,19 +9,21 @@ run of several stages gets one combined training-curve PNG (`<run_dir>/training_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeling_panovlm.evaluation import evaluate_caption_table, greedy_generation_config, load_model_and_processor
 from modeling_panovlm.hub.cards import write_adapter_card
+from processing_panovlm.data import DataArguments
 
 from .options import StageOptions
 from .plots import plot_run_curves
 from .run_file import RunStages
-from .runner import SUMMARY_FILE, read_stage_summary, resolve_model_source, run_stage
+from .runner import SUMMARY_FILE, check_stage_data, read_stage_summary, resolve_model_source, run_stage
 from .stages import STAGES
 
 
@@ -48,29 +50,40 @@ _EVALUATION_ONLY = frozenset(
 
 @dataclass
 class PlannedStage:
-    """A stage of the plan; `skip` says why it is not trained (None: it trains)."""
+    """A stage of the plan, how it reads its tables, and why it is not trained (`skip`; None: it trains)."""
 
     options: StageOptions
+    data_args: DataArguments = field(default_factory=DataArguments)
     skip: str | None = None
 
 
-def plan_stages(stages: list[StageOptions], force: bool = False) -> list[PlannedStage]:
-    """Decide, for each stage in order, whether it trains (see the module docstring). Raises `ValueError` for a
-    complete output trained with other options, and for a stage whose starting model does not exist."""
+def plan_stages(
+    stages: list[StageOptions], force: bool = False, data_args: list[DataArguments] | None = None
+) -> list[PlannedStage]:
+    """Decide, for each stage in order (read as `data_args` says, default `DataArguments()`), whether it trains (see
+    the module docstring). Raises `ValueError` for a complete output trained with other options, and for a stage
+    whose starting model does not exist or whose options and data options disagree."""
     plan, trains = [], False
-    for options in stages:
+    for options, data in zip(stages, data_args or [DataArguments() for _ in stages], strict=True):
+        check_stage_data(options, data)
         summary = None if force or trains else read_stage_summary(options.output_dir)
         if summary is None:
             trains = True
-            plan.append(PlannedStage(options))
+            plan.append(PlannedStage(options, data))
             continue
         changed = option_differences(summary["options"], options)
+        recorded_data = summary.get("data_args", {})
+        changed += [
+            f"{name}: {recorded_data.get(name)!r} there, {value!r} now"
+            for name, value in dataclasses.asdict(data).items()
+            if name != "num_proc" and recorded_data.get(name) != value  # processes read faster, not differently
+        ]
         if changed:
             raise ValueError(
                 f"{options.output_dir} holds a complete {options.stage} stage trained with other options "
                 f"({'; '.join(changed)}): --force trains it again, or give another --output-dir"
             )
-        plan.append(PlannedStage(options, skip=f"complete output from {summary['finished']}"))
+        plan.append(PlannedStage(options, data, skip=f"complete output from {summary['finished']}"))
     produced = {str(planned.options.output_dir) for planned in plan}
     for planned in plan:
         if planned.skip is None and planned.options.model not in produced:
@@ -97,7 +110,7 @@ def run_plan(plan: list[PlannedStage]) -> Iterator[dict]:
     """Train the plan's stages in order (skipped ones are not touched) and yield each stage's summary."""
     for planned in plan:
         if planned.skip is None:
-            run_stage(planned.options)
+            run_stage(planned.options, planned.data_args)
         yield read_stage_summary(planned.options.output_dir) | {"skipped": planned.skip is not None}
 
 
@@ -137,6 +150,7 @@ def evaluate_after_training(plan: list[PlannedStage], run_dir: Path, show_progre
         show_progress=show_progress,
         model_name=str(last.output_dir),
         tokenizer=last.metrics_tokenizer,
+        data_args=plan[-1].data_args,
     )
     if STAGES[last.stage].lora:  # the adapter's card gets the scores
         write_adapter_card(last.output_dir, training_data=last.train_csv, metrics=target / "metrics.json")
@@ -164,15 +178,18 @@ def plot_run(plan: list[PlannedStage], path: Path) -> Path | None:
     return plot_run_curves(histories, path, f"{len(plan)} stages: {' -> '.join(name for name, _ in histories)}")
 
 
-def non_default_options(options: StageOptions) -> dict:
+def non_default_options(options: StageOptions, data_args: DataArguments | None = None) -> dict:
     """The options of a stage that a run file or flags changed, with what they imply (e.g. `eval_strategy` for an
     `eval_csv`): the differences from the same stage with nothing but its table, model and output given."""
     given = {name: getattr(options, name) for name in ("stage", "model", "train_csv", "output_dir")}
     baseline = json.loads(json.dumps(StageOptions(**given).to_dict()))
     current = json.loads(json.dumps(options.to_dict()))
-    return {"train_csv": options.train_csv} | {
-        name: value for name, value in current.items() if value != baseline.get(name) and name != "model"
-    }
+    data = dataclasses.asdict(data_args or DataArguments())
+    return (
+        {"train_csv": options.train_csv}
+        | {name: value for name, value in current.items() if value != baseline.get(name) and name != "model"}
+        | {name: value for name, value in data.items() if value != getattr(DataArguments(), name)}
+    )
 
 
 def format_plan(plan: list[PlannedStage], run: RunStages, details: bool = False) -> str:
@@ -184,7 +201,8 @@ def format_plan(plan: list[PlannedStage], run: RunStages, details: bool = False)
         action = f"skip ({planned.skip})" if planned.skip else f"train {length}, learning rate {options.learning_rate:g}"
         lines.append(f"  {options.stage:<9} {options.model} -> {options.output_dir}: {action}")
         if details:
-            lines += [f"      {name} = {value!r}" for name, value in non_default_options(options).items()]
+            changed = non_default_options(options, planned.data_args)
+            lines += [f"      {name} = {value!r}" for name, value in changed.items()]
     target = evaluation_target(plan, run.run_dir)
     if target is not None:
         lines.append(f"  then evaluate {plan[-1].options.output_dir} on {plan[-1].options.eval_csv} -> {target}")

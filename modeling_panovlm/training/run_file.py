@@ -20,6 +20,8 @@ from typing import get_type_hints
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from processing_panovlm.data import DataArguments
+
 from .options import DataOptions, StageOptions, flag
 from .runner import read_stage_summary
 from .stages import STAGES
@@ -58,6 +60,10 @@ class RunOptions:
     )
 
 
+# Options that name one caption table or several (`str | list[str] | None`).
+_TABLES = ("train_csv", "eval_csv")
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the description's examples as written and shows each flag's default."""
 
@@ -71,7 +77,8 @@ _SECTIONS = (
 
 
 class TrainArgumentParser(HfArgumentParser):
-    """`HfArgumentParser((RunOptions, StageOptions))` with the stage's flags grouped by where they are declared.
+    """`HfArgumentParser((RunOptions, StageOptions, DataArguments))` with the stage's flags grouped by where they
+    are declared.
 
     With `raise_errors=True` a bad value raises `ValueError` (the message argparse would print) instead of exiting:
     that is how run-file values are checked.
@@ -82,9 +89,16 @@ class TrainArgumentParser(HfArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         kwargs.setdefault("usage", "%(prog)s [--config RUN_FILE] [--stage STAGE] [--model MODEL] [--output-dir DIR] [options]")
         kwargs.setdefault("allow_abbrev", False)  # `--lora` would silently pick one of several `--lora-*` flags
-        super().__init__((RunOptions, StageOptions), **kwargs)
+        super().__init__((RunOptions, StageOptions, DataArguments), **kwargs)
 
     def _add_dataclass_arguments(self, dtype):
+        if dtype is DataArguments:
+            group = self.add_argument_group("data sources (processing_panovlm.data.DataArguments)")
+            hints = get_type_hints(DataArguments)
+            for option in fields(DataArguments):
+                option.type = hints[option.name]
+                self._parse_dataclass_field(group, option)
+            return None
         if dtype is not StageOptions:
             return super()._add_dataclass_arguments(dtype)
         hints = get_type_hints(StageOptions)
@@ -97,7 +111,8 @@ class TrainArgumentParser(HfArgumentParser):
             for name in names:
                 if name in options and name not in listed:
                     listed.add(name)
-                    options[name].type = hints[name]
+                    # HfArgumentParser takes one type per flag; a table option takes one value or several.
+                    options[name].type = list[str] | None if name in _TABLES else hints[name]
                     self._parse_dataclass_field(group, options[name])
 
     def error(self, message):
@@ -114,17 +129,27 @@ class TrainArgumentParser(HfArgumentParser):
 
 
 STAGE_OPTION_NAMES = frozenset(option.name for option in fields(StageOptions) if option.init)
+DATA_OPTION_NAMES = frozenset(option.name for option in fields(DataArguments))
 # Options a run file may set to null (`save_total_limit: null`: no limit).
 _NULLABLE = frozenset(
-    name for name, hint in get_type_hints(StageOptions).items() if type(None) in getattr(hint, "__args__", ())
+    name
+    for dtype in (StageOptions, DataArguments)
+    for name, hint in get_type_hints(dtype).items()
+    if type(None) in getattr(hint, "__args__", ())
 )
 
 
 def split_run_options(values: dict) -> tuple[RunOptions, dict]:
-    """`RunOptions` and the stage options of a `TrainArgumentParser.given` result."""
+    """`RunOptions` and the stage (and data source) options of a `TrainArgumentParser.given` result."""
     run_names = {option.name for option in fields(RunOptions)}
     run = RunOptions(**{name: value for name, value in values.items() if name in run_names})
     return run, {name: value for name, value in values.items() if name not in run_names}
+
+
+def stage_and_data(values: dict) -> tuple[StageOptions, DataArguments]:
+    """A stage's `StageOptions` and `DataArguments` from one mapping of their options."""
+    data = {name: value for name, value in values.items() if name in DATA_OPTION_NAMES}
+    return StageOptions(**{k: v for k, v in values.items() if k not in data}), DataArguments(**data)
 
 
 def read_run_file(path: str | Path) -> tuple[dict, list[dict], bool]:
@@ -158,9 +183,10 @@ def read_run_file(path: str | Path) -> tuple[dict, list[dict], bool]:
 
 def typed_values(parser: TrainArgumentParser, values: dict, where: str) -> dict:
     """A run file's `{key: value}` typed and checked by the command-line parser; errors name `where` and the key."""
-    unknown = sorted(set(values) - STAGE_OPTION_NAMES)
+    known = STAGE_OPTION_NAMES | DATA_OPTION_NAMES
+    unknown = sorted(set(values) - known)
     if unknown:
-        hints = [f"{key} (write {key.replace('-', '_')})" for key in unknown if key.replace("-", "_") in STAGE_OPTION_NAMES]
+        hints = [f"{key} (write {key.replace('-', '_')})" for key in unknown if key.replace("-", "_") in known]
         raise ValueError(f"{where} has unknown keys {unknown}" + (f": {', '.join(hints)}" if hints else ""))
     actions = {action.dest: action for action in parser._actions}
     argv, direct = [], {}
@@ -192,10 +218,12 @@ def typed_values(parser: TrainArgumentParser, values: dict, where: str) -> dict:
 
 @dataclass
 class RunStages:
-    """The stages a command line asks for, in order, and the run directory (where the log, the combined curves and
-    the evaluation after the last stage go: a single stage's own output directory)."""
+    """The stages a command line asks for, in order, with how each reads its tables, and the run directory (where
+    the log, the combined curves and the evaluation after the last stage go: a single stage's own output
+    directory)."""
 
     stages: list[StageOptions]
+    data_args: list[DataArguments]
     run_dir: Path
     source: str
 
@@ -212,8 +240,8 @@ def resolve_stages(
         missing = [name for name in ("stage", "model", "train_csv", "output_dir") if name not in overrides]
         if missing:
             raise ValueError(f"give --config, or all of {', '.join(flag(name) for name in missing)}")
-        options = StageOptions(**overrides)
-        return RunStages([options], Path(options.output_dir), "command line")
+        options, data_args = stage_and_data(overrides)
+        return RunStages([options], [data_args], Path(options.output_dir), "command line")
     parser = TrainArgumentParser(raise_errors=True)
     top, entries, single = read_run_file(config)
     top = typed_values(parser, top, f"{config}: the top level")
@@ -235,7 +263,7 @@ def resolve_stages(
     for i, output in enumerate(outputs):
         if outputs.index(output) != i:
             raise ValueError(f"{config}: stages {outputs.index(output)} and {i} both write {output}; give one an output_dir")
-    result = []
+    result, data = [], []
     for position, i in enumerate(selected):
         entry = entries[i]
         if position == 0 and model is not None:
@@ -256,10 +284,12 @@ def resolve_stages(
                 )
         values = {**top, **entry, **overrides, "model": source, "output_dir": outputs[i]}
         try:
-            result.append(StageOptions(**values))
-        except ValueError as error:
+            options, data_args = stage_and_data(values)
+        except (TypeError, ValueError) as error:
             raise ValueError(f"{config}: stage {i} ({entry['stage']}): {error}") from None
-    return RunStages(result, Path(run_dir), str(config))
+        result.append(options)
+        data.append(data_args)
+    return RunStages(result, data, Path(run_dir), str(config))
 
 
 __all__ = [
@@ -269,5 +299,6 @@ __all__ = [
     "read_run_file",
     "resolve_stages",
     "split_run_options",
+    "stage_and_data",
     "typed_values",
 ]

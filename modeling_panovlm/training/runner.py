@@ -13,6 +13,7 @@ and the stage's summary line, the log file keeps the details.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,20 +23,20 @@ from pathlib import Path
 import datasets
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForImageTextToText, AutoProcessor, EarlyStoppingCallback, TrainerCallback
+from torch.distributed.tensor import DTensor
+from transformers import AutoModelForImageTextToText, AutoProcessor, EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from modeling_panovlm.evaluation.metrics import write_text_atomically
 from modeling_panovlm.hub.cards import write_adapter_card
-from processing_panovlm.data.augmentation import PanoramaAugmentation
-from processing_panovlm.data.captions import (
-    EMPTY_ANNOTATION,
-    RowProblem,
-    load_caption_table,
-    scan_images,
-    write_data_report,
+from processing_panovlm.data import (
+    DataArguments,
+    ProblemLog,
+    finish_streaming_report,
+    prepare_caption_table,
+    stream_caption_table,
 )
+from processing_panovlm.data.augmentation import PanoramaAugmentation
 from processing_panovlm.data.collator import PanoVLMDataCollator
 
 from .lora import lm_lora_config
@@ -71,37 +72,57 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
-def prepare_table(csv: str, output_dir: Path, split: str, needs_text: bool, augment: bool) -> datasets.Dataset:
-    """Read a caption table, drop (and report) unusable rows, and mark whether its rows may be augmented."""
-    table = load_caption_table(csv)
-    total = len(table)
-    problems: list[RowProblem] = []
-    if needs_text:
-        empty = [(r, u) for r, u, a in zip(table["row"], table["url"], table["annotation"]) if not a.strip()]
-        problems += [RowProblem(row, url, EMPTY_ANNOTATION, "no caption to learn from") for row, url in empty]
-        table = table.filter(lambda text: [bool(t.strip()) for t in text], input_columns="annotation", batched=True)
-    table, image_problems = scan_images(table)
-    problems = sorted(problems + image_problems, key=lambda problem: problem.row)
-    report = write_data_report(output_dir, split, total, problems)
+# ---- data (processing_panovlm.data) -------------------------------------------------------------------------------
+def _mark_augment(row: dict, augment: bool) -> dict:
+    return {"augment": augment}
+
+
+def prepare_table(
+    csv, output_dir: Path, split: str, needs_text: bool, augment: bool, data_args: DataArguments | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Read a caption table (any source `load_caption_table` reads, as `data_args` says), drop (and report in
+    `<split>_data_report.json`) unusable rows, and mark whether its rows may be augmented. `split` is `"train"` or
+    `"eval"` (read from `data_args.train_split` / `eval_split` where the source has splits).
+
+    With `data_args.streaming` the table is a stream whose rows are checked as they pass (by every DataLoader
+    worker); `finish_streaming_report` writes its report once training is over.
+    """
+    data_args = data_args or DataArguments()
+    table_split = data_args.train_split if split == "train" else data_args.eval_split
+    if data_args.streaming:
+        # Every rank resets its log before any rank reads data (the model is wrapped, a collective, in between).
+        log = ProblemLog(output_dir, split)
+        log.reset()
+        stream = stream_caption_table(csv, data_args, recorder=log, split=table_split, needs_text=needs_text)
+        return stream.map(_mark_augment, fn_kwargs={"augment": augment})
+    prepared = prepare_caption_table(csv, data_args, split=table_split, needs_text=needs_text)
+    report = prepared.write_report(output_dir, split)
+    table = prepared.rows
     if len(table) == 0:
         raise ValueError(f"{csv}: no usable rows left (see {report})")
-    logger.info("%s: %d of %d rows usable (report: %s)", split, len(table), total, report)
+    logger.info("%s: %d of %d rows usable (report: %s)", split, len(table), prepared.rows_read, report)
     return table.add_column("augment", [augment] * len(table))
+# ---- end of data ---------------------------------------------------------------------------------------------------
 
 
-def run_stage(options: StageOptions) -> Path:
-    """Train one stage and write its output directory; returns it."""
+def check_stage_data(options: StageOptions, data_args: DataArguments) -> None:
+    """What a stage's options and its data options must agree on, checked before anything is loaded."""
+    if data_args.streaming and options.max_steps <= 0:
+        raise ValueError(f"a streamed table has no length: set max_steps > 0 (got {options.max_steps})")
+
+
+def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> Path:
+    """Train one stage and write its output directory; returns it. `data_args` says how the tables are read."""
     begin = time.perf_counter()
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
+    data_args = data_args or DataArguments()
+    check_stage_data(options, data_args)
     source = resolve_model_source(options.model)
     if options.process_index == 0:
         # From here on the directory no longer holds the complete output it may have held: a run stopped halfway
         # must not leave the old summary to vouch for a mix of old and new files.
         (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
-    # Seeded before anything random exists: PEFT initialises the LoRA weights when it wraps the model, before the
-    # Trainer seeds (again) in its constructor.
-    (enable_full_determinism if options.full_determinism else set_seed)(options.seed)
     processor = AutoProcessor.from_pretrained(source)
     if options.system_prompt is not None or options.user_template is not None:
         # Set on the processor, which every checkpoint and the output save: evaluation and inference then ask the
@@ -119,12 +140,17 @@ def run_stage(options: StageOptions) -> Path:
                 f"has {blocks} blocks), got {options.vision_trainable_blocks}"
             )
     needs_text = spec.loss == "lm"
-    train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment)
-    evaluation = prepare_table(options.eval_csv, output_dir, "eval", needs_text, False) if options.eval_csv else None
+    train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment, data_args)
+    evaluation = (
+        prepare_table(options.eval_csv, output_dir, "eval", needs_text, False, data_args) if options.eval_csv else None
+    )
     if spec.lora:
         lora = lm_lora_config(
             options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
         )
+        # PEFT initialises the adapters at random before the Trainer seeds: the same in every process (FSDP2, unlike
+        # DDP, does not broadcast rank 0's weights) and from run to run.
+        set_seed(options.seed)
         model = get_peft_model(model, lora)
 
     augmentation = None
@@ -157,6 +183,7 @@ def run_stage(options: StageOptions) -> Path:
         callbacks=callbacks,
         stage=spec,
         vicreg_weights=VICRegWeights(options.vicreg_invariance, options.vicreg_variance, options.vicreg_covariance),
+        vicreg_mode=options.vicreg_mode,
         module_learning_rates=options.module_learning_rates,
     )
     if trainer.pop_callback(ProgressCallback) is not None:
@@ -167,11 +194,13 @@ def run_stage(options: StageOptions) -> Path:
     _check_ranks_in_sync(trainer)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
+        if data_args.streaming:  # every reader of the streams is done: their data reports
+            finish_streaming_report(output_dir)
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
             write_adapter_card(output_dir, training_data=options.train_csv)
-        _write_summary(trainer, options, time.perf_counter() - begin)
+        _write_summary(trainer, options, data_args, time.perf_counter() - begin)
     # No process returns before the output is complete: the next stage of a run file starts from it.
     trainer.accelerator.wait_for_everyone()
     return output_dir
@@ -194,7 +223,7 @@ class _LogFiguresCallback(TrainerCallback):
             logger.info("step %d: %s", state.global_step, figures)
 
 
-def _write_summary(trainer: PanoVLMTrainer, options: StageOptions, seconds: float) -> Path:
+def _write_summary(trainer: PanoVLMTrainer, options: StageOptions, data_args: DataArguments, seconds: float) -> Path:
     """`stage_summary.json`, written last and atomically: the marker of a complete stage output."""
     state = trainer.state
     history = state.log_history
@@ -217,6 +246,7 @@ def _write_summary(trainer: PanoVLMTrainer, options: StageOptions, seconds: floa
         "stopped_early": options.early_stopping_patience is not None and state.global_step < state.max_steps,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "options": options.to_dict(),
+        "data_args": dataclasses.asdict(data_args),
     }
     return write_text_atomically(Path(options.output_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
@@ -238,17 +268,28 @@ def read_stage_summary(output_dir: str | Path) -> dict | None:
 
 
 def _check_ranks_in_sync(trainer: PanoVLMTrainer) -> None:
-    """Under distributed training, verify that every rank ends with the same trainable weights."""
+    """Under data parallelism, verify that every rank ends with the same trainable weights. FSDP shards (DTensors)
+    have a single owner each, so only replicated tensors are compared."""
     accelerator = trainer.accelerator
     if accelerator.num_processes == 1:
         return
-    fingerprint = torch.stack(
-        [p.detach().double().sum() for p in trainer.model.parameters() if p.requires_grad]
-    ).to(accelerator.device)
+    replicated = [p for p in trainer.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if not replicated:
+        logger.info("every trainable tensor is sharded across the %d ranks: nothing replicated to compare", accelerator.num_processes)
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in replicated]).to(accelerator.device)
     gathered = accelerator.gather(fingerprint[None])
     if not torch.equal(gathered.min(0).values, gathered.max(0).values):
         raise RuntimeError(f"trainable weights differ across the {accelerator.num_processes} ranks")
     logger.info("trainable weights identical on all %d ranks", accelerator.num_processes)
 
 
-__all__ = ["SUMMARY_FILE", "StageOptions", "prepare_table", "read_stage_summary", "resolve_model_source", "run_stage"]
+__all__ = [
+    "SUMMARY_FILE",
+    "StageOptions",
+    "check_stage_data",
+    "prepare_table",
+    "read_stage_summary",
+    "resolve_model_source",
+    "run_stage",
+]
