@@ -8,14 +8,16 @@ holds no value to plot (a run shorter than `logging_steps` logs none); a run is 
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from configuration_panovlm.atomic_files import write_bytes_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -152,18 +154,10 @@ def _polyline(draw: ImageDraw.ImageDraw, pixels: list[tuple[float, float]], colo
 
 
 def _save_atomically(image: Image.Image, path: Path) -> Path:
-    """Save the PNG beside `path` and rename it into place: no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png.tmp", delete=False)
-    try:
-        with handle:
-            image.save(handle, format="PNG")
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-    return path
+    """Save the PNG through the project's atomic writer: no reader sees half a file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return write_bytes_atomically(path, buffer.getvalue())
 
 
 __all__ = ["curves_from_log_history", "integer_ticks", "plot_run_curves", "plot_training_curves"]

@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForImageTextToText, AutoProcessor, EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from modeling_panovlm.evaluation.metrics import write_text_atomically
+from configuration_panovlm.atomic_files import write_text_atomically
 from modeling_panovlm.hub.cards import write_adapter_card
 from processing_panovlm.data import (
     DataArguments,
