@@ -1,14 +1,16 @@
 """`panovlm train`'s options and run files, through `HfArgumentParser`.
 
-The parser is `HfArgumentParser((RunOptions, StageOptions))`: every field is a flag with its help text, and the
-same parser types and checks a run file's values, so a file and the command line accept exactly the same values.
+The parser is `HfArgumentParser((RunOptions, StageOptions, DataArguments))`: every field is a flag with its help
+text, and the same parser types and checks a run file's values, so a file and the command line accept exactly the
+same values (a stage's data source options, `processing_panovlm.data.DataArguments`, included).
 
 A run file (YAML, or JSON by its `.json` suffix) holds the options shared by all stages at the top level and a
 `stages` list, in order, each entry a mapping with at least `stage` and any options of its own. A file without
 `stages` holds the options of one stage. Precedence: defaults < top level < stage entry < command-line flags,
 except that `--model` and `--output-dir` replace the top level's: `output_dir` is the run directory (each stage
 writes `<output_dir>/<stage>` unless its entry sets `output_dir`) and `model` is where the first stage starts. Each
-later stage starts from the output of the stage before it.
+later stage starts from the output of the stage run before it; `--stage` / `--stages` run only some of the file's
+stages, the first of them starting from the complete output of the stage before it in the file.
 """
 
 import argparse
