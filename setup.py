@@ -37,6 +37,18 @@ setup(
         "pillow",
         "pyyaml",
     ],
+    # One `panovlm` command with sub-commands, and each sub-command as its own script (modeling_panovlm/cli).
+    entry_points={
+        "console_scripts": [
+            "panovlm = modeling_panovlm.cli:main",
+            "panovlm-train = modeling_panovlm.cli.train:main",
+            "panovlm-evaluate = modeling_panovlm.cli.evaluate:main",
+            "panovlm-infer = modeling_panovlm.cli.infer:main",
+            "panovlm-convert = modeling_panovlm.cli.convert:main",
+            "panovlm-export = modeling_panovlm.cli.export:main",
+            "panovlm-demo = modeling_panovlm.cli.demo:main",
+        ]
+    },
     extras_require={
         # CUDA machines only: neither builds nor imports without CUDA. Install with --no-build-isolation.
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

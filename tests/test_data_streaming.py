@@ -4,6 +4,7 @@ preparation and worker processes keep the one image path (same rows, same pixels
 `max_steps`, and a streamed evaluation scores what the prepared one scores."""
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -125,7 +126,7 @@ def test_a_streamed_stage_trains_to_max_steps_and_reports_at_the_end(folder, tmp
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     with pytest.raises(ValueError, match="a streamed table has no length: set max_steps > 0"):
-        run_stage(StageOptions(**{**options.__dict__, "max_steps": -1}), DataArguments(streaming=True))
+        run_stage(dataclasses.replace(options, max_steps=-1), DataArguments(streaming=True))
 
 
 def test_a_streamed_evaluation_scores_what_the_prepared_one_scores(tiny_mlp, folder, tmp_path, no_java):

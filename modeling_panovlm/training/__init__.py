@@ -1,8 +1,11 @@
 """The three PanoVLM training stages on `transformers.Trainer`: stage specs and callback, the trainer, the overlap
-VICReg loss, LoRA on the language model, the stage runner (CLI / run files) and training-curve plots."""
+VICReg loss, LoRA on the language model, the stage options (a `TrainingArguments` subclass) and runner, run files
+and the plan of a run (`panovlm train`), and training-curve plots."""
 
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config, lm_lora_target_regex
 from .losses import VICREG_MODES, VICRegWeights, overlap_pairs, overlap_vicreg_loss
+from .options import StageOptions
+from .runner import run_stage
 from .stages import (
     STAGES,
     PanoVLMStageCallback,
@@ -20,6 +23,7 @@ __all__ = [
     "VICREG_MODES",
     "PanoVLMStageCallback",
     "PanoVLMTrainer",
+    "StageOptions",
     "StageSpec",
     "VICRegWeights",
     "apply_stage",
@@ -28,5 +32,6 @@ __all__ = [
     "lm_lora_target_regex",
     "overlap_pairs",
     "overlap_vicreg_loss",
+    "run_stage",
     "vision_tower_blocks",
 ]

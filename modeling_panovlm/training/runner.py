@@ -1,27 +1,33 @@
-"""Run one training stage, or all three in order, from options a CLI or a YAML file provides.
+"""Run one training stage: `run_stage(StageOptions(...))`.
 
 Every stage starts from a directory (or Hub id) that the Auto classes load, and writes one: full model + processor
 for `vision` and `resampler`, a standard PEFT adapter + processor for `finetune` (its `base_model_name_or_path` is
 the previous stage's output). Each Trainer checkpoint is complete as well. Next to the weights a stage writes, for
-people: `<split>_data_report.json` (rows dropped and why), `trainer_state.json` and `training_curves.png`.
+people: `<split>_data_report.json` (rows dropped and why), `trainer_state.json`, `training_curves.png`, and last
+`stage_summary.json` (the stage's figures and resolved options): its presence marks a complete output, which
+`panovlm train` does not train again.
+
+The Trainer's figures of each logging step go to the log (INFO), not under the progress bar: a person sees the bar
+and the stage's summary line, the log file keeps the details.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import types
-import typing
-from dataclasses import dataclass, field
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import datasets
 import torch
-import yaml
 from peft import get_peft_model
 from torch.distributed.tensor import DTensor
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments, set_seed
+from transformers import AutoModelForImageTextToText, AutoProcessor, EarlyStoppingCallback, TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from configuration_panovlm.atomic_files import write_text_atomically
 from modeling_panovlm.hub.cards import write_adapter_card
 from processing_panovlm.data import (
     DataArguments,
@@ -33,97 +39,37 @@ from processing_panovlm.data import (
 from processing_panovlm.data.augmentation import PanoramaAugmentation
 from processing_panovlm.data.collator import PanoVLMDataCollator
 
-from .lora import DEFAULT_LORA_MODULES, lm_lora_config
-from .losses import VICREG_MODES, VICRegWeights
+from .lora import lm_lora_config
+from .losses import VICRegWeights
+from .options import StageOptions
 from .plots import plot_training_curves
-from .stages import STAGES, PanoVLMStageCallback
+from .stages import STAGES, PanoVLMStageCallback, vision_tower_blocks
 from .trainer import PanoVLMTrainer
 
 
 logger = logging.getLogger(__name__)
 
+SUMMARY_FILE = "stage_summary.json"
+# What a finished stage leaves besides its summary: a full checkpoint or a PEFT adapter.
+_WEIGHTS = (("config.json", "model.safetensors"), ("adapter_config.json", "adapter_model.safetensors"))
 
-def _union_members(kind: type) -> tuple:
-    """`(float, NoneType)` for `float | None`, `(list[str],)` for `list[str]`."""
-    return typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
 
+def resolve_model_source(model: str) -> str:
+    """Where a stage loads from: a local directory as its absolute path (PEFT records the base's path in the
+    adapter, and a relative one would not load from another working directory), a Hub id unchanged.
 
-@dataclass
-class StageOptions:
-    """Everything one stage needs. Field names double as CLI flags (`--max-steps`) and YAML keys (`max_steps`).
-
-    `trainer_args` passes any further `TrainingArguments` field through (e.g. `{"fsdp": "full_shard"}`); DeepSpeed
-    is `deepspeed: path/to/ds_config.json`.
+    A value that names a local path (absolute, `./`, `~`, several `/`, or inside an existing folder) but no
+    directory is refused here, instead of reaching the Hub client as a malformed repo id.
     """
-
-    stage: str
-    model: str
-    train_csv: str | list[str]  # any source processing_panovlm.data.load_caption_table reads; a list is concatenated
-    output_dir: str
-    eval_csv: str | list[str] | None = None
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
-    learning_rate: float = 1e-4
-    module_learning_rates: dict[str, float] = field(default_factory=dict)
-    batch_size: int = 4
-    eval_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    weight_decay: float = 0.05
-    warmup_steps: float = 0.1  # < 1: a fraction of the total steps (PanoLLaVA warmed up over 10 %)
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    eval_steps: int | None = None
-    resume_from_checkpoint: str | None = None
-    # vision stage
-    vision_trainable_blocks: int = 0
-    vicreg_invariance: float = 25.0
-    vicreg_variance: float = 25.0
-    vicreg_covariance: float = 1.0
-    vicreg_mode: str = "pairwise"  # or "batchwise" (see modeling_panovlm.training.losses)
-    # finetune stage
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.1
-    lora_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_MODULES))
-    lora_modules_to_save: list[str] = field(default_factory=lambda: ["resampler", "multi_modal_projector"])
-    # data
-    augment: bool = True
-    yaw_roll_probability: float = 0.5
-    max_roll_fraction: float = 0.3
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.1
-    # The prompt format; None keeps the one saved with the model's processor, "" (system prompt) means none.
-    system_prompt: str | None = None
-    user_template: str | None = None
-    max_length: int | None = None
-    dataloader_num_workers: int = 0
-    # runtime
-    gradient_checkpointing: bool = False
-    bf16: bool = False
-    deepspeed: str | None = None
-    report_to: str = "none"
-    trainer_args: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {list(STAGES)}, got {self.stage!r}")
-        if self.vicreg_mode not in VICREG_MODES:
-            raise ValueError(f"vicreg_mode must be one of {list(VICREG_MODES)}, got {self.vicreg_mode!r}")
-        # Checked here, because a wrongly typed value (a YAML string where a number belongs) would otherwise fail
-        # deep inside TrainingArguments or, worse, be compared as a string.
-        for name, kind in typing.get_type_hints(StageOptions).items():
-            value = getattr(self, name)
-            allowed = tuple(typing.get_origin(t) or t for t in _union_members(kind))
-            if float in allowed:
-                allowed += (int,)
-            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-                expected = " or ".join(t.__name__ for t in allowed)
-                raise TypeError(f"option {name!r} must be {expected}, got {type(value).__name__} {value!r}")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise ValueError(f"model {model!r} is a file; give a checkpoint directory or a Hub id")
+    parent = path.parent
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or (parent != Path(".") and parent.is_dir()):
+        raise ValueError(f"model directory {model!r} does not exist (a Hub id has the form 'name' or 'org/name')")
+    return model
 
 
 # ---- data (processing_panovlm.data) -------------------------------------------------------------------------------
@@ -159,13 +105,24 @@ def prepare_table(
 # ---- end of data ---------------------------------------------------------------------------------------------------
 
 
+def check_stage_data(options: StageOptions, data_args: DataArguments) -> None:
+    """What a stage's options and its data options must agree on, checked before anything is loaded."""
+    if data_args.streaming and options.max_steps <= 0:
+        raise ValueError(f"a streamed table has no length: set max_steps > 0 (got {options.max_steps})")
+
+
 def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> Path:
     """Train one stage and write its output directory; returns it. `data_args` says how the tables are read."""
+    begin = time.perf_counter()
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
-    # A local directory is loaded by its absolute path: PEFT records the base's path as the adapter's
-    # `base_model_name_or_path`, and a relative one would not load from another working directory. Hub ids stay.
-    source = str(Path(options.model).resolve()) if Path(options.model).is_dir() else options.model
+    data_args = data_args or DataArguments()
+    check_stage_data(options, data_args)
+    source = resolve_model_source(options.model)
+    if options.process_index == 0:
+        # From here on the directory no longer holds the complete output it may have held: a run stopped halfway
+        # must not leave the old summary to vouch for a mix of old and new files.
+        (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
     processor = AutoProcessor.from_pretrained(source)
     if options.system_prompt is not None or options.user_template is not None:
         # Set on the processor, which every checkpoint and the output save: evaluation and inference then ask the
@@ -175,10 +132,14 @@ def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> 
             options.user_template or processor.user_template,
         )
     model = AutoModelForImageTextToText.from_pretrained(source)
+    if options.vision_trainable_blocks:
+        blocks = len(vision_tower_blocks(model))
+        if options.vision_trainable_blocks > blocks:
+            raise ValueError(
+                f"--vision-trainable-blocks must be between 0 and {blocks} (the vision tower of {options.model} "
+                f"has {blocks} blocks), got {options.vision_trainable_blocks}"
+            )
     needs_text = spec.loss == "lm"
-    data_args = data_args or DataArguments()
-    if data_args.streaming and options.max_steps <= 0:
-        raise ValueError(f"a streamed table has no length: set max_steps > 0 (got {options.max_steps})")
     train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment, data_args)
     evaluation = (
         prepare_table(options.eval_csv, output_dir, "eval", needs_text, False, data_args) if options.eval_csv else None
@@ -187,8 +148,8 @@ def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> 
         lora = lm_lora_config(
             options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
         )
-        # The adapters' random initialisation must be the same in every process (FSDP2, unlike DDP, does not
-        # broadcast rank 0's weights) and the same from run to run.
+        # PEFT initialises the adapters at random before the Trainer seeds: the same in every process (FSDP2, unlike
+        # DDP, does not broadcast rank 0's weights) and from run to run.
         set_seed(options.seed)
         model = get_peft_model(model, lora)
 
@@ -209,49 +170,26 @@ def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> 
         augmentation=augmentation,
         max_length=options.max_length,
     )
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=options.max_steps,
-        num_train_epochs=options.num_train_epochs,
-        learning_rate=options.learning_rate,
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=options.eval_batch_size,
-        gradient_accumulation_steps=options.gradient_accumulation_steps,
-        weight_decay=options.weight_decay,
-        warmup_steps=options.warmup_steps,
-        max_grad_norm=options.max_grad_norm,
-        seed=options.seed,
-        logging_steps=options.logging_steps,
-        save_steps=options.save_steps,
-        save_total_limit=options.save_total_limit,
-        eval_strategy="steps" if evaluation is not None else "no",
-        eval_steps=options.eval_steps or options.logging_steps,
-        remove_unused_columns=False,  # the collator needs the raw table columns
-        label_names=[] if spec.loss == "overlap_vicreg" else ["labels"],
-        activation_checkpointing=options.gradient_checkpointing,
-        bf16=options.bf16,
-        deepspeed=options.deepspeed,
-        dataloader_num_workers=options.dataloader_num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
-        report_to=options.report_to,
-        # Without an accelerator, accelerate only sets up data parallelism over CPU processes (gloo) when told to use
-        # the CPU; otherwise each rank of `torchrun` / `accelerate launch --multi_gpu` trains alone on all the data.
-        **{"use_cpu": not torch.accelerator.is_available(), **options.trainer_args},
-    )
+    callbacks = [PanoVLMStageCallback(spec, options.vision_trainable_blocks, collator)]
+    if options.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
     trainer = PanoVLMTrainer(
         model=model,
-        args=args,
+        args=options,
         data_collator=collator,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        callbacks=[PanoVLMStageCallback(spec, options.vision_trainable_blocks, collator)],
+        callbacks=callbacks,
         stage=spec,
         vicreg_weights=VICRegWeights(options.vicreg_invariance, options.vicreg_variance, options.vicreg_covariance),
         vicreg_mode=options.vicreg_mode,
         module_learning_rates=options.module_learning_rates,
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_BarProgressCallback)
+    trainer.pop_callback(PrinterCallback)
+    trainer.add_callback(_LogFiguresCallback)
     trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
     _check_ranks_in_sync(trainer)
     trainer.save_model(str(output_dir))
@@ -262,9 +200,71 @@ def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> 
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
             write_adapter_card(output_dir, training_data=options.train_csv)
+        _write_summary(trainer, options, data_args, time.perf_counter() - begin)
     # No process returns before the output is complete: the next stage of a run file starts from it.
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+class _BarProgressCallback(ProgressCallback):
+    """The Trainer's progress bars, without the figures it would print under them (`_LogFiguresCallback` logs
+    those)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class _LogFiguresCallback(TrainerCallback):
+    """Logs the figures of each logging step (loss, learning rate, eval_loss...) at INFO, from the main process."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+            logger.info("step %d: %s", state.global_step, figures)
+
+
+def _write_summary(trainer: PanoVLMTrainer, options: StageOptions, data_args: DataArguments, seconds: float) -> Path:
+    """`stage_summary.json`, written last and atomically: the marker of a complete stage output."""
+    state = trainer.state
+    history = state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    summary = {
+        "stage": options.stage,
+        "model": options.model,
+        "output_dir": str(options.output_dir),
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epoch": state.epoch,
+        "seconds": round(seconds, 1),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "train_loss": next((entry["train_loss"] for entry in reversed(history) if "train_loss" in entry), None),
+        "eval_loss": eval_losses[-1] if eval_losses else None,
+        "best_eval_loss": min(eval_losses) if eval_losses else None,
+        "best_checkpoint": state.best_model_checkpoint,
+        "stopped_early": options.early_stopping_patience is not None and state.global_step < state.max_steps,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": options.to_dict(),
+        "data_args": dataclasses.asdict(data_args),
+    }
+    return write_text_atomically(Path(options.output_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def read_stage_summary(output_dir: str | Path) -> dict | None:
+    """The summary of the complete stage output in `output_dir`, or None when there is none (never trained, or
+    stopped before the end: the summary is written last, after the weights)."""
+    output_dir = Path(output_dir)
+    path = output_dir / SUMMARY_FILE
+    if not path.is_file() or not any(all((output_dir / name).is_file() for name in names) for names in _WEIGHTS):
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it, or re-run the stage with --force") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("options"), dict):
+        raise ValueError(f"{path} is not a stage summary; delete it, or re-run the stage with --force")
+    return summary
 
 
 def _check_ranks_in_sync(trainer: PanoVLMTrainer) -> None:
@@ -284,47 +284,12 @@ def _check_ranks_in_sync(trainer: PanoVLMTrainer) -> None:
     logger.info("trainable weights identical on all %d ranks", accelerator.num_processes)
 
 
-def stage_options_from_yaml(path: str | Path, overrides: dict | None = None) -> list[StageOptions]:
-    """The stages of a YAML run file, in order, each starting from the previous stage's output.
-
-    Top-level keys are `StageOptions` fields shared by all stages (`model` is where the first stage starts,
-    `output_dir` the run directory); `stages` lists per-stage overrides, each with at least `stage`. A stage's
-    output goes to `<output_dir>/<stage>` unless it sets `output_dir`. `overrides` (e.g. from the command line)
-    replace top-level keys.
-    """
-    config = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping of options with a `stages` list")
-    stages = config.pop("stages", None)
-    if not stages or not isinstance(stages, list):
-        raise ValueError(f"{path}: no `stages` list")
-    config.update(overrides or {})
-    known = {f.name for f in dataclasses.fields(StageOptions)}
-    options, model = [], config.get("model")
-    for index, stage in enumerate(stages):
-        # Checked here so that a malformed file names the stage and key, not a KeyError/TypeError from below.
-        if not isinstance(stage, dict) or "stage" not in stage:
-            raise ValueError(f"{path}: stage {index} must be a mapping with at least a `stage` key, got {stage!r}")
-        merged = {**config, **stage}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"{path}: stage {index} has unknown keys {unknown}")
-        merged["model"] = model
-        for name, kind in typing.get_type_hints(StageOptions).items():
-            # YAML 1.1 reads `1e-4` (no dot) as a string; numbers written that way are meant as numbers.
-            if isinstance(merged.get(name), str) and float in _union_members(kind):
-                try:
-                    merged[name] = float(merged[name])
-                except ValueError:
-                    raise ValueError(f"{path}: stage {index} option {name!r} must be a number, got {merged[name]!r}") from None
-        if "output_dir" not in stage and config.get("output_dir"):
-            merged["output_dir"] = str(Path(config["output_dir"]) / stage["stage"])
-        missing = [key for key in ("model", "train_csv", "output_dir") if not merged.get(key)]
-        if missing:
-            raise ValueError(f"{path}: stage {index} ({stage['stage']}) has no value for {missing}")
-        options.append(StageOptions(**merged))
-        model = merged["output_dir"]
-    return options
-
-
-__all__ = ["StageOptions", "prepare_table", "run_stage", "stage_options_from_yaml"]
+__all__ = [
+    "SUMMARY_FILE",
+    "StageOptions",
+    "check_stage_data",
+    "prepare_table",
+    "read_stage_summary",
+    "resolve_model_source",
+    "run_stage",
+]
