@@ -29,6 +29,7 @@ TOOLING = {
     "training": {"hub", "evaluation"},
     "conversion": {"training"},
     "testing": set(),
+    "cli": {"hub", "evaluation", "training", "conversion", "testing"},
 }
 MAX_MODULE_LINES = 420
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedModel
 
-from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 from processing_panovlm.data.captions import RowProblem, load_caption_table, scan_images
 
+from .baseline import OneImagePrompting
 from .generation import (
     generate_captions,
     generation_settings,
@@ -23,7 +23,7 @@ from .report import write_evaluation_outputs
 
 
 def evaluate_caption_table(
-    model: PanoVLMForConditionalGeneration,
+    model: PreTrainedModel,
     processor,
     table_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -36,6 +36,9 @@ def evaluate_caption_table(
     show_progress: bool = True,
     log_interval: int | None = None,
     model_name: str | None = None,
+    *,
+    strip_think: bool | None = None,
+    one_image: OneImagePrompting | None = None,
 ) -> dict:
     """Evaluate `model` on a QuIC-360-style table and write `predictions.csv` (one row per reference),
     `metrics.json` and `report.md` into `output_dir`.
@@ -43,7 +46,9 @@ def evaluate_caption_table(
     Rows whose panorama cannot be used, or whose query is empty, are dropped and reported with their reason. One
     caption is generated per (image, query) group; `max_samples` keeps the first N groups with all their rows.
     `protocols` defaults to both for the `coco` style and per-row for `panollava`. `seed` seeds sampling (it is
-    recorded; greedy decoding does not need it). Returns the metrics.json content.
+    recorded; greedy decoding does not need it). `model` may be any image-text-to-text model: one that is not a
+    PanoVLM is a baseline, asked about each panorama as one resized image as `one_image` says (see
+    `generate_captions`, which also explains `strip_think`). Returns the metrics.json content.
     """
     table = load_caption_table(table_path)
     kept, problems = scan_images(table)
@@ -59,8 +64,10 @@ def evaluate_caption_table(
     if seed is not None:
         torch.manual_seed(seed)
     captions, failures, stats = generate_captions(
-        model, processor, groups, batch_size, config, show_progress, log_interval
+        model, processor, groups, batch_size, config, show_progress, log_interval,
+        strip_think=strip_think, one_image=one_image,
     )
+    think = stats.pop("think")
     row_numbers, urls, queries, annotations = (kept[name] for name in ("row", "url", "query", "annotation"))
     caption_of_row: dict[int, str] = {}
     for index, group in enumerate(groups):
@@ -78,8 +85,14 @@ def evaluate_caption_table(
         "rows_read": len(table),
         "rows_skipped_by_max_samples": len(kept) - sum(len(group.rows) for group in groups),
     }
-    generation = {"model": model_name, "batch_size": batch_size, **stats, "settings": generation_settings(config, seed)}
-    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation)
+    generation = {
+        "model": model_name,
+        "model_type": model.config.model_type,
+        "batch_size": batch_size,
+        **stats,
+        "settings": generation_settings(config, seed),
+    }
+    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation, think=think)
 
 
 __all__ = ["evaluate_caption_table"]

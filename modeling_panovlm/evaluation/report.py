@@ -41,9 +41,13 @@ def write_evaluation_outputs(
     problems: Sequence[RowProblem] = (),
     data: dict | None = None,
     generation: dict | None = None,
+    *,
+    think: dict | None = None,
 ) -> dict:
     """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
-    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record.
+    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record,
+    `think` what was done about `<think>` reasoning in the predictions (`removed`, and `with_think` of `out_of`
+    counted in `unit`s).
     Returns the metrics.json content."""
     results, tokenizer = score_predictions(rows, protocols, metrics_style)
     reasons = Counter(problem.reason for problem in problems)
@@ -59,6 +63,7 @@ def write_evaluation_outputs(
             "dropped_rows": [asdict(problem) for problem in problems],
         },
         "generation": generation,
+        "think": think,
         "versions": _versions(),
     }
     output_dir = Path(output_dir)
@@ -87,6 +92,10 @@ def render_report(summary: dict) -> str:
     data = summary["data"]
     dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
     lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")
+    think = summary.get("think")
+    if think and think["with_think"]:
+        done = "removed before scoring" if think["removed"] else "scored as written"
+        lines.append(f"- <think> reasoning in {think['with_think']} of {think['out_of']} {think['unit']}s: {done}.")
     generation = summary["generation"]
     if generation:
         settings = generation["settings"]

@@ -1,0 +1,242 @@
+"""Flags shared by the generating commands (`evaluate`, `infer`): prompt format, decoding, baselines, logging.
+
+Range-checked argument types refuse out-of-range values at parse time, naming the valid range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+
+import datasets
+from tqdm.contrib.logging import logging_redirect_tqdm
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from modeling_panovlm.evaluation import DEFAULT_MAX_NEW_TOKENS, greedy_generation_config
+from processing_panovlm.processing_panovlm import QUERY_FIELD
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_PACKAGES = ("configuration_panovlm", "processing_panovlm", "modeling_panovlm")
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's example command lines as written."""
+
+
+# ---- range-checked argument types ---------------------------------------------------------------------------------
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_in(low: float, high: float | None = None, *, low_open: bool = True) -> Callable[[str], float]:
+    """A float in `(low, high]` (`[low, high]` when `low_open=False`; no upper bound when `high` is None)."""
+    shown = ("(" if low_open else "[") + f"{low:g}, " + ("inf)" if high is None else f"{high:g}]")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {text!r}") from None
+        below = value <= low if low_open else value < low
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be in {shown}, got {text}")
+        return value
+
+    parse.__name__ = f"number in {shown}"
+    return parse
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """`S` (an S x S square) or `WxH`, in pixels, each from 1 to 8192."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(parts[0]),) * 2 if len(parts) == 1 else tuple(map(int, parts))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S or WxH in pixels (e.g. 448 or 896x448), got {text!r}") from None
+    if not (1 <= width <= 8192 and 1 <= height <= 8192):
+        raise argparse.ArgumentTypeError(f"width and height must be in [1, 8192], got {text!r}")
+    return width, height
+
+
+# ---- logging ------------------------------------------------------------------------------------------------------
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current `sys.stderr` (which tests and tqdm's redirection may swap)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ assigns it
+        pass
+
+
+def add_log_level_flag(parser: argparse.ArgumentParser, default: str = "info") -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=list(LOG_LEVELS),
+        help="log lines shown on stderr, for PanoVLM and transformers alike (default: the TRANSFORMERS_VERBOSITY "
+        f"environment variable if set, else {default} for PanoVLM and transformers' own default, warning, for it)",
+    )
+
+
+def package_loggers() -> list[logging.Logger]:
+    return [logging.getLogger(name) for name in _PACKAGES]
+
+
+def logging_around_progress_bars():
+    """A context in which PanoVLM's log lines are written above tqdm progress bars instead of through them."""
+    return logging_redirect_tqdm(loggers=package_loggers())
+
+
+def configure_logging(level: str | None, default: str = "info") -> None:
+    """Route PanoVLM's loggers to stderr at `level` and set transformers' verbosity to it (transformers' logging is
+    the one switch: `TRANSFORMERS_VERBOSITY` applies when no level is given, else `default` for PanoVLM). Below debug level, the progress bars
+    of datasets' table operations and of weight loading are hidden; the commands draw their own."""
+    if level is not None:
+        hf_logging.set_verbosity(LOG_LEVELS[level])
+        ours = LOG_LEVELS[level]
+    elif os.environ.get("TRANSFORMERS_VERBOSITY"):
+        ours = hf_logging.get_verbosity()
+    else:
+        ours = LOG_LEVELS[default]
+    if ours > logging.DEBUG:
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+    for logger in package_loggers():
+        logger.setLevel(ours)
+        if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+
+
+# ---- prompt format --------------------------------------------------------------------------------------------------
+def add_prompt_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompt format (default: the one saved with the model's processor)")
+    group.add_argument(
+        "--system-prompt",
+        help='system turn; "" for none. Default: the training run\'s, saved with the processor (for a general VLM: '
+        "PanoVLM's default)",
+    )
+    group.add_argument(
+        "--user-template",
+        help=f"user text around a question, holding {QUERY_FIELD} once. Default: the training run's, saved with the "
+        "processor (for a general VLM: PanoVLM's default)",
+    )
+
+
+def check_prompt_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.user_template is not None and args.user_template.count(QUERY_FIELD) != 1:
+        parser.error(f"--user-template must hold {QUERY_FIELD} exactly once, got {args.user_template!r}")
+
+
+# ---- decoding -------------------------------------------------------------------------------------------------------
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (greedy unless --do-sample or --num-beams is given)")
+    group.add_argument(
+        "--max-new-tokens",
+        type=int_at_least(1),
+        help=f"most tokens generated per answer (>= 1; default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    group.add_argument(
+        "--do-sample",
+        action="store_true",
+        help="sample instead of decoding greedily; sampling settings not given are the checkpoint's own "
+        "(generation_config.json). Give --seed for repeatable output",
+    )
+    group.add_argument("--temperature", type=float_in(0.0), help="sampling temperature (> 0; needs --do-sample)")
+    group.add_argument(
+        "--top-p",
+        type=float_in(0.0, 1.0),
+        help="nucleus sampling: keep the most likely tokens whose probabilities sum to P (0 < P <= 1; needs "
+        "--do-sample)",
+    )
+    group.add_argument(
+        "--top-k", type=int_at_least(1), help="sample among the K most likely tokens (K >= 1; needs --do-sample)"
+    )
+    group.add_argument(
+        "--num-beams", type=int_at_least(1), help="beam search with N beams (N >= 1; default 1: no beam search)"
+    )
+    group.add_argument(
+        "--repetition-penalty",
+        type=float_in(0.0),
+        help="divide the scores of tokens already present by this (> 0; 1 = none, above 1 discourages repeats)",
+    )
+    group.add_argument(
+        "--seed", type=int_at_least(0), help="seed torch before generating (>= 0; recorded; makes sampling repeatable)"
+    )
+
+
+def generation_flags_given(args: argparse.Namespace) -> list[str]:
+    """The decoding flags set on the command line."""
+    names = ("max_new_tokens", *SAMPLING_FLAGS, "num_beams", "repetition_penalty", "seed")
+    given = [name for name in names if getattr(args, name) is not None] + (["do_sample"] if args.do_sample else [])
+    return ["--" + name.replace("_", "-") for name in given]
+
+
+def check_generation_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.do_sample:
+        given = [f"--{name.replace('_', '-')}" for name in SAMPLING_FLAGS if getattr(args, name) is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            parser.error(f"{', '.join(given)} only {verb} to sampling: add --do-sample (decoding is greedy otherwise)")
+
+
+def generation_config_from_flags(model: PreTrainedModel, args: argparse.Namespace) -> GenerationConfig:
+    """`greedy_generation_config` with the decoding flags applied."""
+    overrides = {"do_sample": args.do_sample}
+    for name in (*SAMPLING_FLAGS, "num_beams", "repetition_penalty"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return greedy_generation_config(model, args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, **overrides)
+
+
+# ---- general VLMs ---------------------------------------------------------------------------------------------------
+def add_baseline_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("general VLMs (baselines)")
+    group.add_argument(
+        "--baseline-image-size",
+        type=image_size,
+        metavar="S|WxH",
+        help="for a --model that is not a PanoVLM (a general VLM scored as a baseline): the size the whole panorama "
+        "is resized to before the model's own processor sees it (default 448: a 448x448 square, which no processor "
+        "center-crops)",
+    )
+
+
+__all__ = [
+    "HelpFormatter",
+    "LOG_LEVELS",
+    "add_baseline_flags",
+    "add_generation_flags",
+    "add_log_level_flag",
+    "add_prompt_flags",
+    "check_generation_flags",
+    "check_prompt_flags",
+    "configure_logging",
+    "float_in",
+    "generation_config_from_flags",
+    "generation_flags_given",
+    "image_size",
+    "int_at_least",
+    "logging_around_progress_bars",
+    "package_loggers",
+]
