@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
-# Caption metrics: pycocoevalcap ships the PTB tokenizer and METEOR 1.5 jars (they need Java; without it the
-# pure-Python paths are used); nltk and rouge-score compute the PanoLLaVA-compatible "panollava" metrics style.
+# Caption metrics: pycocoevalcap's BLEU, ROUGE-L and CIDEr-D scorers, its PTB tokenizer and METEOR 1.5 jars (they
+# need Java; the pure-Python PTB tokenizer is an explicit opt-in); nltk and rouge-score compute the
+# PanoLLaVA-compatible "panollava" metrics style.
 METRICS_REQUIRES = ["pycocoevalcap>=1.2", "nltk>=3.9", "rouge-score>=0.1.2"]
 
 
@@ -18,7 +19,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["configuration_panovlm", "modeling_panovlm", "processing_panovlm"],
+    # The three packages with their sub-packages (training, evaluation, hub, data, ...), and the model card template.
+    packages=find_packages(include=["configuration_panovlm*", "modeling_panovlm*", "processing_panovlm*"]),
+    package_data={"modeling_panovlm.hub": ["templates/*.md"]},
     install_requires=[
         # torch stays satisfiable by the CPU 2.13.0 wheel; torchvision is deliberately absent (its wheels need
         # CUDA torch), so image processing runs on transformers' PIL backend and our own torch sampler.

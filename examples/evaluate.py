@@ -2,7 +2,8 @@
 predictions file: `panovlm evaluate`, same flags (`--help` lists them, with examples).
 
     python examples/evaluate.py --model DIR_OR_HUB_ID [--adapter DIR] --csv test.csv --output-dir eval/
-    python examples/evaluate.py --predictions eval/predictions.csv --output-dir rescored/
+        [--tokenizer java-ptb|python] [...]
+    python examples/evaluate.py --predictions eval/predictions.csv --output-dir rescored/ [--tokenizer ...]
 """
 
 import sys

@@ -36,7 +36,7 @@ SCENES = {
 
 @pytest.fixture
 def no_java(monkeypatch):
-    """Score with the pure-Python tokenizer and without METEOR, as on a machine without Java (and faster)."""
+    """Without METEOR, as on a machine without Java (and faster); the pure-Python tokenizer must then be asked for."""
     real_which = shutil.which
     monkeypatch.setattr(
         shutil, "which", lambda name, *args, **kwargs: None if name == "java" else real_which(name, *args, **kwargs)
@@ -115,7 +115,8 @@ def test_missing_and_unreadable_images_are_reported_not_skipped(tiny_mlp, table_
     model, processor = tiny_mlp
     config = greedy_generation_config(model, max_new_tokens=4)
     summary = evaluate_caption_table(
-        model, processor, table_dir / "test.csv", tmp_path, generation_config=config, show_progress=False
+        model, processor, table_dir / "test.csv", tmp_path, generation_config=config, show_progress=False,
+        tokenizer="python",
     )
     data = summary["data"]
     assert data["rows_read"] == 7 and data["rows_scored"] == 5 and data["rows_dropped"] == 2
@@ -191,7 +192,7 @@ def test_evaluate_cli_generates_then_rescores_predictions(table_dir, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["data"]["rows_scored"] == 4 and summary["data"]["rows_skipped_by_max_samples"] == 1
     assert summary["generation"]["generations"] == 2 and summary["generation"]["settings"]["max_new_tokens"] == 4
-    assert set(summary["protocols"]) == {"grouped", "per-row"}
+    assert set(summary["protocols"]) == {"grouped", "per-row"} and summary["tokenizer"] == "java-ptb"
     assert "prediction:" in result.stderr and "generating" in result.stderr  # sample log and progress bar
     assert "| BLEU-4 |" in result.stdout
 
@@ -201,6 +202,11 @@ def test_evaluate_cli_generates_then_rescores_predictions(table_dir, tmp_path):
     panollava = json.loads((rescored / "metrics.json").read_text())
     assert panollava["metrics_style"] == "panollava" and list(panollava["protocols"]) == ["per-row"]
     assert panollava["protocols"]["per-row"]["units"] == 4 and panollava["generation"] is None
+
+    result = run_cli("--predictions", out / "predictions.csv", "--output-dir", rescored, "--tokenizer", "python")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((rescored / "metrics.json").read_text())["tokenizer"] == "python"
+    assert "tokenizer: python" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -213,6 +219,7 @@ def test_evaluate_cli_generates_then_rescores_predictions(table_dir, tmp_path):
         (["--csv", "t.csv", "--output-dir", "o"], "give --model and --csv"),
         (["--predictions", "p.csv", "--model", "m", "--output-dir", "o"], "do not combine it with --model"),
         (["--model", "m", "--csv", "t.csv", "--output-dir", "o", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--predictions", "p.csv", "--output-dir", "o", "--tokenizer", "auto"], "invalid choice: 'auto'"),
     ],
 )
 def test_evaluate_cli_rejects_inconsistent_flags(argv, message, capsys):

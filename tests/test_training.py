@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import load_file
@@ -105,7 +106,8 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(workspace):
     """The three stages chained in-process. The resampler stage's table has a missing image, a corrupt image and an
-    empty annotation; the finetune stage evaluates on the test split while a spy records what the collator loads."""
+    empty annotation; the finetune stage starts from a relative base path and evaluates on the test split while a
+    spy records what the collator loads."""
     root = workspace.root
     (workspace.data / "images" / "broken.png").write_bytes(
         (workspace.data / "images" / "pano_00000.png").read_bytes()[:300]
@@ -144,9 +146,10 @@ def runs(workspace):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PanoVLMDataCollator, "load", spy)
+        patch.chdir(root)  # the base is given relative to the working directory, as `train.py --model resampler`
         finetune = run_stage(
             StageOptions(
-                stage="finetune", model=str(resampler), train_csv=str(workspace.train), eval_csv=str(workspace.test),
+                stage="finetune", model="resampler", train_csv=str(workspace.train), eval_csv=str(workspace.test),
                 output_dir=str(root / "finetune"), max_steps=FINETUNE_STEPS, learning_rate=1e-3, save_steps=2,
                 eval_steps=FINETUNE_STEPS, lora_r=8, lora_alpha=16, **COMMON,
             )
@@ -187,13 +190,21 @@ def test_resampler_stage_trains_resampler_and_projector_with_the_lm_frozen(runs)
             assert torch.equal(before[key], after[key]), key
 
 
-def test_finetune_stage_trains_lora_on_the_lm_and_saves_resampler_and_projector(runs):
+def test_finetune_stage_trains_lora_on_the_lm_and_saves_resampler_and_projector(workspace, runs):
     adapter = load_file(runs.finetune / "adapter_model.safetensors")
     config = json.loads((runs.finetune / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8
     assert config["modules_to_save"] == ["resampler", "multi_modal_projector"]
     card = (runs.finetune / "README.md").read_text()  # a PanoVLM adapter card, not PEFT's empty template
-    assert "library_name: peft" in card and "pipeline_tag: image-text-to-text" in card and "More Information Needed" not in card
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "image-text-to-text"
+    assert "base_model" not in meta  # the base is a local directory, not a Hub id: only the text names it
+    assert meta["panovlm"]["training_stage"] == "finetune" and meta["panovlm"]["lora"]["r"] == 8
+    assert meta["panovlm"]["lora"]["modules_to_save"] == ["resampler", "multi_modal_projector"]
+    base_config = AutoModelForImageTextToText.from_pretrained(runs.resampler).config
+    assert meta["panovlm"]["resampler"]["type"] == base_config.resampler_config.resampler_type
+    assert meta["panovlm"]["view_layout"]["image_tokens"] == base_config.num_image_tokens
+    assert f"Data: `{workspace.train}`" in card and "More Information Needed" not in card
     assert not any(".default" in key for key in adapter)
     lora = {k: v for k, v in adapter.items() if ".lora_" in k}
     # 2 decoder layers x 7 projections, an A and a B each; nothing outside the LM's decoder layers.
@@ -344,7 +355,9 @@ def test_stage_outputs_and_trainer_checkpoints_load_with_the_auto_classes(runs, 
         if stage == "finetune":
             assert (directory / "adapter_config.json").is_file() and hasattr(model, "peft_config")
             card = (directory / "README.md").read_text()  # checkpoints too get our card, not PEFT's template
-            assert "library_name: peft" in card and "More Information Needed" not in card, directory
+            meta = yaml.safe_load(card.split("---\n")[1])
+            assert meta["library_name"] == "peft" and meta["panovlm"]["training_stage"] == "finetune", directory
+            assert "More Information Needed" not in card, directory
         else:
             assert model.config.training_stage == stage
             assert {"config.json", "generation_config.json", "model.safetensors"} <= {p.name for p in directory.iterdir()}
@@ -386,9 +399,29 @@ def test_finetune_adapter_loads_identically_every_way_and_merges(runs, sample_in
     torch.testing.assert_close(logits_of(merged, sample_inputs), reference, atol=1e-4, rtol=1e-4)
 
 
+def test_adapter_of_a_relative_base_records_its_absolute_path_and_loads_from_anywhere(
+    runs, sample_inputs, monkeypatch, tmp_path
+):
+    # The finetune stage was given `resampler`, relative to the run directory: the adapter and its checkpoints
+    # record the absolute path, so they load from any working directory.
+    for directory in (runs.finetune, runs.finetune / f"checkpoint-{FINETUNE_STEPS}"):
+        recorded = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert recorded == str(runs.resampler.resolve()), directory
+    reference = logits_of(
+        PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(runs.resampler), runs.finetune),
+        sample_inputs,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    auto, info = AutoModelForImageTextToText.from_pretrained(runs.finetune, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(logits_of(auto, sample_inputs), reference)
+
+
 def test_adapter_records_the_previous_stage_and_is_pushed_with_a_hub_base(runs, monkeypatch, tmp_path):
     recorded = json.loads((runs.finetune / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert recorded == str(runs.resampler)  # what run_stage writes: where the stage started
+    assert recorded == str(runs.resampler.resolve())  # what run_stage writes: where the stage started
 
     uploaded = tmp_path / "uploaded"
 

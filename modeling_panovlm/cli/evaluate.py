@@ -36,7 +36,13 @@ from modeling_panovlm.evaluation import (
 )
 from modeling_panovlm.evaluation.baseline import DEFAULT_BASELINE_IMAGE_SIZE
 from modeling_panovlm.evaluation.loading import is_panovlm
-from modeling_panovlm.evaluation.metrics import PROTOCOLS, read_predictions
+from modeling_panovlm.evaluation.metrics import (
+    PROTOCOLS,
+    TOKENIZERS,
+    check_scoring_requirements,
+    read_predictions,
+)
+from modeling_panovlm.evaluation.scorers import MetricUnavailableError
 from modeling_panovlm.evaluation.thinking import has_thinking
 from processing_panovlm.data.captions import load_caption_table
 from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE
@@ -100,6 +106,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "with its numbers (default coco)",
     )
     scoring.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        default="java-ptb",
+        help="PTB tokenizer of the coco style: java-ptb (Stanford's, as pycocoevalcap; needs Java) or python (a "
+        "pure-Python re-creation, within about 1%%; recorded in metrics.json). Default: java-ptb",
+    )
+    scoring.add_argument(
         "--strip-think",
         action=argparse.BooleanOptionalAction,
         help="remove <think>...</think> reasoning from predictions before scoring (default: on when generating "
@@ -143,7 +156,9 @@ def _rescore(parser: argparse.ArgumentParser, args: argparse.Namespace, protocol
         rows = [dataclasses.replace(row, prediction=strip_thinking(row.prediction)) for row in rows]
     think = {"removed": bool(args.strip_think), "with_think": with_think, "out_of": len(rows), "unit": "row"}
     data = {"source": args.predictions}
-    write_evaluation_outputs(args.output_dir, rows, protocols, args.metrics_style, data=data, think=think)
+    write_evaluation_outputs(
+        args.output_dir, rows, protocols, args.metrics_style, data=data, tokenizer=args.tokenizer, think=think
+    )
 
 
 def _generate_and_score(parser: argparse.ArgumentParser, args: argparse.Namespace, protocols: list[str] | None) -> None:
@@ -178,6 +193,7 @@ def _generate_and_score(parser: argparse.ArgumentParser, args: argparse.Namespac
             seed=args.seed,
             log_interval=args.log_interval if args.log_samples else None,
             model_name=args.model if args.adapter is None else f"{args.model} + adapter {args.adapter}",
+            tokenizer=args.tokenizer,
             strip_think=args.strip_think,
             one_image=one_image,
         )
@@ -190,6 +206,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     check_args(parser, args)
     configure_logging(args.log_level)
     protocols = None if args.protocol is None else list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    try:
+        # What scoring needs (the metrics extra, Java for the java-ptb tokenizer) is checked before anything runs.
+        check_scoring_requirements(args.metrics_style, args.tokenizer)
+    except (ImportError, MetricUnavailableError) as error:
+        parser.error(str(error))
     if args.predictions:
         _rescore(parser, args, protocols)
     else:

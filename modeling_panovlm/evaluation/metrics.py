@@ -11,21 +11,27 @@ Protocols (an evaluation *unit* is one prediction scored against its references)
 
 Metric styles:
 
-* `coco`: captions are PTB-tokenized (`ptb_tokenizer`: Java when available, else the pure-Python path); BLEU,
-  ROUGE-L (beta 1.2) and CIDEr-D (sigma 6, x10, IDF from the evaluated references) are our implementations,
-  checked against pycocoevalcap to 1e-9; METEOR 1.5 runs pycocoevalcap's jar through Java; SPICE runs
-  pycocoevalcap's SPICE when the Stanford CoreNLP 3.6.0 jars are installed.
+* `coco`: captions are PTB-tokenized (`ptb_tokenizer`: Stanford's Java PTBTokenizer as pycocoevalcap runs it, or,
+  only when asked for with `tokenizer="python"`, the pure-Python re-creation); BLEU-1..4, ROUGE-L (beta 1.2) and
+  CIDEr-D (sigma 6, x10, IDF from the evaluated references) are pycocoevalcap's scorers; METEOR 1.5 runs
+  pycocoevalcap's jar through Java; SPICE runs pycocoevalcap's SPICE when the Stanford CoreNLP 3.6.0 jars are
+  installed.
 * `panollava`: how PanoLLaVA scored its recorded runs. Per-row only, strings verbatim (no cleanup, no
   tokenization): BLEU-4 = NLTK `corpus_bleu` on whitespace tokens (uniform weights, smoothing method1), METEOR =
   mean NLTK `meteor_score` (needs WordNet data), ROUGE-L = mean rouge-score `rougeL` F-measure with stemming,
-  CIDEr-D on the raw strings. Its "spice" was an embedding similarity, so SPICE is not reported in this style.
+  pycocoevalcap CIDEr-D on the raw strings. Its "spice" was an embedding similarity, so SPICE is not reported in
+  this style.
 
-A metric that cannot be computed is `None` with a reason; no other value is ever stored under its name.
+Scoring needs the `metrics` extra (pycocoevalcap, nltk, rouge-score) and raises `ImportError` naming
+`pip install "panovlm[metrics]"` without it; this module imports without it. A metric whose runtime is missing
+(Java for METEOR, the CoreNLP jars for SPICE, NLTK's WordNet data for the panollava METEOR) is `None` with the
+reason; no other value is ever stored under its name.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -33,7 +39,6 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import util as importlib_util
 from pathlib import Path
 
 from .ptb_tokenizer import (
@@ -42,12 +47,12 @@ from .ptb_tokenizer import (
     python_ptb_tokenize,
 )
 from .scorers import (
-    INSTALL_HINT,
     Meteor15,
     MetricUnavailableError,
     bleu,
     cider_d,
     meteor_unavailable_reason,
+    require_metric_packages,
     rouge_l,
     spice,
     spice_unavailable_reason,
@@ -58,7 +63,9 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("grouped", "per-row")
 METRIC_STYLES = ("coco", "panollava")
-TOKENIZERS = ("auto", "java-ptb", "python")
+TOKENIZERS = ("java-ptb", "python")
+# The packages of the `metrics` extra each style's scorers import.
+STYLE_PACKAGES = {"coco": ("pycocoevalcap",), "panollava": ("pycocoevalcap", "nltk", "rouge_score")}
 COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 PANOLLAVA_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 PREDICTION_COLUMNS = ("url", "query", "prediction", "annotation")
@@ -109,16 +116,26 @@ def evaluation_units(rows: Sequence[PredictionRow], protocol: str) -> tuple[list
     return [rows[first].prediction for first, _ in groups.values()], [refs for _, refs in groups.values()]
 
 
-def _resolve_tokenizer(tokenizer: str) -> str:
+def check_scoring_requirements(metrics_style: str = "coco", tokenizer: str = "java-ptb") -> None:
+    """Raise now what scoring `metrics_style` with `tokenizer` would raise later (call it before a long
+    generation): an unknown style or tokenizer (`ValueError`), a missing package of the `metrics` extra
+    (`ImportError`), or, for the `coco` style with `tokenizer="java-ptb"`, a missing Java runtime
+    (`MetricUnavailableError`, naming both fixes). Metrics that are `None` with a reason (METEOR without Java,
+    SPICE without its jars) do not raise."""
+    if metrics_style not in METRIC_STYLES:
+        raise ValueError(f"metrics_style must be one of {METRIC_STYLES}, got {metrics_style!r}")
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
-    if tokenizer != "auto":
-        return tokenizer
-    reason = java_ptb_unavailable_reason()
-    if reason is not None:
-        logger.info("using the pure-Python PTB tokenizer: %s", reason)
-        return "python"
-    return "java-ptb"
+    require_metric_packages(*STYLE_PACKAGES[metrics_style], purpose=f"the {metrics_style} metrics style")
+    if metrics_style == "coco" and tokenizer == "java-ptb":
+        reason = java_ptb_unavailable_reason()
+        if reason is not None:
+            raise MetricUnavailableError(
+                f"COCO caption metrics tokenize with Stanford's Java PTBTokenizer (as pycocoevalcap does), which "
+                f"cannot run: {reason}. Fix that, or opt in to the pure-Python re-creation with tokenizer='python' "
+                "(examples/evaluate.py: --tokenizer python), whose scores can differ from the Java tokenizer's by "
+                "up to about 1% and are recorded as such"
+            )
 
 
 def _score_coco(
@@ -132,13 +149,10 @@ def _score_coco(
     corpus_bleu, unit_bleu = bleu(predictions, references)
     for n in range(4):
         scores[f"BLEU-{n + 1}"], per_unit[f"BLEU-{n + 1}"] = corpus_bleu[n], unit_bleu[n]
-    scorers = {
-        "METEOR": meteor_jar.score if meteor_jar else None,
-        "ROUGE-L": rouge_l,
-        "CIDEr-D": cider_d,
-        "SPICE": spice,
-    }
-    for name, scorer in scorers.items():
+    scores["ROUGE-L"], per_unit["ROUGE-L"] = rouge_l(predictions, references)
+    scores["CIDEr-D"], per_unit["CIDEr-D"] = cider_d(predictions, references)
+    # The Java metrics depend on programs outside Python: a failure is recorded with its reason, not raised.
+    for name, scorer in {"METEOR": meteor_jar.score if meteor_jar else None, "SPICE": spice}.items():
         if name in unavailable:
             continue
         try:
@@ -150,33 +164,26 @@ def _score_coco(
 
 
 def _score_panollava(predictions: list[str], references: list[str]) -> tuple[dict, dict, dict]:
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+    from nltk.translate.meteor_score import meteor_score
+    from rouge_score.rouge_scorer import RougeScorer
+
     scores: dict[str, float | None] = dict.fromkeys(PANOLLAVA_METRICS)
     unavailable: dict[str, str] = {}
     per_unit: dict[str, list[float]] = {}
     hyps, refs = [p.split() for p in predictions], [r.split() for r in references]
-    if importlib_util.find_spec("nltk") is None:
-        unavailable["BLEU-4"] = unavailable["METEOR"] = f"the panollava recipe needs NLTK: {INSTALL_HINT}"
-    else:
-        from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
-        from nltk.translate.meteor_score import meteor_score
-
-        scores["BLEU-4"] = float(corpus_bleu([[r] for r in refs], hyps, smoothing_function=SmoothingFunction().method1))
-        try:
-            per_unit["METEOR"] = [float(meteor_score([r], h)) for r, h in zip(refs, hyps)]
-            scores["METEOR"] = math.fsum(per_unit["METEOR"]) / len(hyps)
-        except LookupError:
-            unavailable["METEOR"] = (
-                "NLTK's meteor_score needs the WordNet corpus, which is not installed: run nltk.download('wordnet') "
-                "or put WordNet 3.0 under $NLTK_DATA/corpora/wordnet"
-            )
-    if importlib_util.find_spec("rouge_score") is None:
-        unavailable["ROUGE-L"] = f"the panollava recipe needs rouge-score: {INSTALL_HINT}"
-    else:
-        from rouge_score.rouge_scorer import RougeScorer
-
-        scorer = RougeScorer(["rougeL"], use_stemmer=True)
-        per_unit["ROUGE-L"] = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]
-        scores["ROUGE-L"] = math.fsum(per_unit["ROUGE-L"]) / len(predictions)
+    scores["BLEU-4"] = float(corpus_bleu([[r] for r in refs], hyps, smoothing_function=SmoothingFunction().method1))
+    try:
+        per_unit["METEOR"] = [float(meteor_score([r], h)) for r, h in zip(refs, hyps)]
+        scores["METEOR"] = math.fsum(per_unit["METEOR"]) / len(hyps)
+    except LookupError:
+        unavailable["METEOR"] = (
+            "NLTK's meteor_score needs the WordNet corpus, which is not installed: run nltk.download('wordnet') "
+            "or put WordNet 3.0 under $NLTK_DATA/corpora/wordnet"
+        )
+    scorer = RougeScorer(["rougeL"], use_stemmer=True)
+    per_unit["ROUGE-L"] = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]
+    scores["ROUGE-L"] = math.fsum(per_unit["ROUGE-L"]) / len(predictions)
     scores["CIDEr-D"], per_unit["CIDEr-D"] = cider_d(predictions, [[r] for r in references])
     unavailable["SPICE"] = (
         "not part of the panollava style: PanoLLaVA's recorded 'spice' was an embedding similarity "
@@ -189,7 +196,7 @@ def score_predictions(
     rows: Sequence[PredictionRow],
     protocols: Sequence[str] | None = None,
     metrics_style: str = "coco",
-    tokenizer: str = "auto",
+    tokenizer: str = "java-ptb",
 ) -> tuple[dict[str, ProtocolScores], str]:
     """Score prediction rows under each protocol.
 
@@ -198,16 +205,19 @@ def score_predictions(
         protocols: any of `PROTOCOLS`; default both for `coco`, and `("per-row",)`, the only choice, for
             `panollava`.
         metrics_style: `coco` or `panollava` (see the module docstring).
-        tokenizer: `auto` (Java PTB when Java and pycocoevalcap are there, else Python), `java-ptb` or `python`;
-            ignored by the `panollava` style, which splits on whitespace.
+        tokenizer: for the `coco` style, `java-ptb` (Stanford's PTBTokenizer, as pycocoevalcap; needs Java) or
+            `python` (the pure-Python re-creation, an explicit opt-in); the `panollava` style splits on whitespace.
 
     Returns:
         `({protocol: ProtocolScores}, tokenizer_used)`, `tokenizer_used` in `java-ptb`, `python`, `whitespace`.
+
+    Raises:
+        ImportError: a package of the `metrics` extra is missing (the message names the install command).
+        MetricUnavailableError: `tokenizer="java-ptb"` without Java (the message names the fixes).
     """
     if not rows:
         raise ValueError("there are no prediction rows to score")
-    if metrics_style not in METRIC_STYLES:
-        raise ValueError(f"metrics_style must be one of {METRIC_STYLES}, got {metrics_style!r}")
+    check_scoring_requirements(metrics_style, tokenizer)
     if protocols is None:
         protocols = ("per-row",) if metrics_style == "panollava" else PROTOCOLS
     if metrics_style == "panollava":
@@ -218,18 +228,9 @@ def score_predictions(
         scores = _score_panollava([row.prediction for row in rows], [row.annotation for row in rows])
         return {"per-row": ProtocolScores("per-row", len(rows), len(rows), *scores)}, "whitespace"
     units = {protocol: evaluation_units(rows, protocol) for protocol in protocols}
-    used = _resolve_tokenizer(tokenizer)
     texts = sorted({row.prediction for row in rows} | {row.annotation for row in rows})
-    if used == "java-ptb":
-        try:
-            tokens = dict(zip(texts, java_ptb_tokenize(texts)))
-        except (RuntimeError, subprocess.SubprocessError, OSError) as error:
-            if tokenizer == "java-ptb":
-                raise
-            logger.warning("Java PTB tokenization failed (%s); using the pure-Python tokenizer", error)
-            used = "python"
-    if used == "python":
-        tokens = dict(zip(texts, python_ptb_tokenize(texts)))
+    tokenize = java_ptb_tokenize if tokenizer == "java-ptb" else python_ptb_tokenize
+    tokens = dict(zip(texts, tokenize(texts)))
     unavailable = {"METEOR": meteor_unavailable_reason(), "SPICE": spice_unavailable_reason()}
     unavailable = {name: reason for name, reason in unavailable.items() if reason is not None}
     for name, reason in unavailable.items():
@@ -253,7 +254,7 @@ def score_predictions(
     finally:
         if meteor_jar is not None:
             meteor_jar.close()
-    return results, used
+    return results, tokenizer
 
 
 def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
@@ -269,23 +270,29 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
     return rows
 
 
-def write_predictions(path: str | os.PathLike, rows: Sequence[PredictionRow]) -> Path:
-    """Write predictions.csv atomically (a temporary file renamed into place). Returns the path."""
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it into place: a reader (or a crash) never sees a
+    half-written file. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", newline="", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp"
-    )
+    handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp")
     try:
         with handle:
-            writer = csv.writer(handle)
-            writer.writerow(PREDICTION_COLUMNS)
-            writer.writerows([row.url, row.query, row.prediction, row.annotation] for row in rows)
+            handle.write(text)
         os.replace(handle.name, path)
     except BaseException:
         os.unlink(handle.name)
         raise
     return path
+
+
+def write_predictions(path: str | os.PathLike, rows: Sequence[PredictionRow]) -> Path:
+    """Write predictions.csv atomically (`write_text_atomically`). Returns the path."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(PREDICTION_COLUMNS)
+    writer.writerows([row.url, row.query, row.prediction, row.annotation] for row in rows)
+    return write_text_atomically(path, buffer.getvalue())
 
 
 def scores_to_dict(scores: ProtocolScores, per_unit: bool = False) -> dict:
@@ -305,9 +312,11 @@ __all__ = [
     "TOKENIZERS",
     "PredictionRow",
     "ProtocolScores",
+    "check_scoring_requirements",
     "evaluation_units",
     "read_predictions",
     "score_predictions",
     "scores_to_dict",
     "write_predictions",
+    "write_text_atomically",
 ]

@@ -18,7 +18,7 @@ from .generation import (
     greedy_generation_config,
     group_rows,
 )
-from .metrics import PredictionRow, write_predictions
+from .metrics import PredictionRow, check_scoring_requirements, write_predictions
 from .report import write_evaluation_outputs
 
 
@@ -36,6 +36,7 @@ def evaluate_caption_table(
     show_progress: bool = True,
     log_interval: int | None = None,
     model_name: str | None = None,
+    tokenizer: str = "java-ptb",
     *,
     strip_think: bool | None = None,
     one_image: OneImagePrompting | None = None,
@@ -46,10 +47,12 @@ def evaluate_caption_table(
     Rows whose panorama cannot be used, or whose query is empty, are dropped and reported with their reason. One
     caption is generated per (image, query) group; `max_samples` keeps the first N groups with all their rows.
     `protocols` defaults to both for the `coco` style and per-row for `panollava`. `seed` seeds sampling (it is
-    recorded; greedy decoding does not need it). `model` may be any image-text-to-text model: one that is not a
-    PanoVLM is a baseline, asked about each panorama as one resized image as `one_image` says (see
-    `generate_captions`, which also explains `strip_think`). Returns the metrics.json content.
+    recorded; greedy decoding does not need it). `tokenizer` as in `score_predictions`; what scoring needs is checked
+    before anything is generated. `model` may be any image-text-to-text model: one that is not a PanoVLM is a
+    baseline, asked about each panorama as one resized image as `one_image` says (see `generate_captions`, which
+    also explains `strip_think`). Returns the metrics.json content.
     """
+    check_scoring_requirements(metrics_style, tokenizer)
     table = load_caption_table(table_path)
     kept, problems = scan_images(table)
     problems = list(problems)
@@ -92,7 +95,9 @@ def evaluate_caption_table(
         **stats,
         "settings": generation_settings(config, seed),
     }
-    return write_evaluation_outputs(output_dir, rows, protocols, metrics_style, problems, data, generation, think=think)
+    return write_evaluation_outputs(
+        output_dir, rows, protocols, metrics_style, problems, data, generation, tokenizer, think=think
+    )
 
 
 __all__ = ["evaluate_caption_table"]

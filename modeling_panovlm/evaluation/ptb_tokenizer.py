@@ -1,37 +1,31 @@
 """PTB-style caption tokenisation: the first step of COCO caption evaluation.
 
 COCO-caption scoring (pycocoevalcap) runs Stanford CoreNLP 3.4.1's `PTBTokenizer` (`-preserveLines -lowerCase`)
-over every caption and then drops the tokens in `COCO_PUNCTUATION`. Two implementations of that step live here:
+over every caption and then drops the tokens in its punctuation list. Two implementations of that step live here:
 
 * `java_ptb_tokenize`: the same jar (shipped inside pycocoevalcap's wheel), driven through stdin/stdout with a line
   count check, so nothing is written into site-packages and a lost line raises instead of shifting captions.
 * `python_ptb_tokenize`: a pure-Python re-creation of the PTB rules that occur in captions (lower-casing,
   contractions `do n't` / `it 's`, brackets as `-lrb-`, quotes and dashes dropped, hyphenated words and decimal
   numbers kept whole, abbreviations keeping their period). Its metric scores stay within 1% of the Java path on
-  QuIC-360-like text (tests/fixtures/caption_metrics_golden.json).
+  QuIC-360-like text (identical tokens on tests/fixtures/caption_metrics_golden.json), but it is not the reference
+  tokenizer, so it is used only when asked for (`tokenizer="python"`) and the choice is recorded with the scores.
 
-Both return, per caption, one string of space-separated tokens, the form every COCO scorer consumes.
+Both return, per caption, one string of space-separated tokens, the form every COCO scorer consumes, with
+pycocoevalcap's punctuation list removed (so both need pycocoevalcap, like the scorers).
 """
 
 from __future__ import annotations
 
 import html
-import logging
 import re
 import shutil
 import subprocess
 from collections.abc import Sequence
-from importlib import util as importlib_util
 from pathlib import Path
 
+from .scorers import INSTALL_HINT, pycocoevalcap_dir, require_metric_packages
 
-logger = logging.getLogger(__name__)
-
-# pycocoevalcap's list, verbatim in meaning: the bracket names are upper case, but the tokenizer runs with
-# -lowerCase, so "-lrb-" & co. survive as tokens in every COCO score. Matching that keeps our numbers comparable.
-COCO_PUNCTUATION = frozenset(
-    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
-)
 
 PTB_JAR = "stanford-corenlp-3.4.1.jar"
 JAVA_TIMEOUT_S = 600.0
@@ -85,6 +79,15 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+
+
+def coco_punctuation() -> frozenset[str]:
+    """pycocoevalcap's punctuation tokens, dropped after tokenization. Its bracket names are upper case but the
+    tokenizer runs with -lowerCase, so "-lrb-" & co. survive as tokens in every COCO score; both paths keep that."""
+    require_metric_packages("pycocoevalcap", purpose="COCO caption tokenization")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+    return frozenset(PUNCTUATIONS)
 
 
 def clean_caption(text: str) -> str:
@@ -152,19 +155,18 @@ def python_ptb_tokenize(captions: Sequence[str]) -> list[str]:
         captions: raw caption strings.
 
     Returns:
-        One string per caption: lower-cased PTB-style tokens without `COCO_PUNCTUATION`, joined by single spaces
-        (`""` for a caption with no tokens).
+        One string per caption: lower-cased PTB-style tokens without `coco_punctuation()`, joined by single
+        spaces (`""` for a caption with no tokens).
     """
-    return [" ".join(t for t in _tokenize_line(caption) if t not in COCO_PUNCTUATION) for caption in captions]
+    punctuation = coco_punctuation()
+    return [" ".join(t for t in _tokenize_line(caption) if t not in punctuation) for caption in captions]
 
 
 def ptb_jar_path() -> Path | None:
     """Path of the CoreNLP 3.4.1 jar inside an installed pycocoevalcap, or None when pycocoevalcap is absent."""
-    spec = importlib_util.find_spec("pycocoevalcap")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    jar = Path(next(iter(spec.submodule_search_locations))) / "tokenizer" / PTB_JAR
-    return jar if jar.is_file() else None
+    package = pycocoevalcap_dir()
+    jar = package / "tokenizer" / PTB_JAR if package is not None else None
+    return jar if jar is not None and jar.is_file() else None
 
 
 def java_ptb_unavailable_reason() -> str | None:
@@ -172,7 +174,7 @@ def java_ptb_unavailable_reason() -> str | None:
     if shutil.which("java") is None:
         return "no `java` on PATH (install a Java runtime, e.g. OpenJDK 17)"
     if ptb_jar_path() is None:
-        return f"pycocoevalcap with {PTB_JAR} is not installed (pip install 'panovlm[metrics]')"
+        return f"pycocoevalcap with {PTB_JAR} is not installed ({INSTALL_HINT})"
     return None
 
 
@@ -213,12 +215,13 @@ def java_ptb_tokenize(captions: Sequence[str], timeout_s: float = JAVA_TIMEOUT_S
         lines.pop()
     if len(lines) != len(captions):
         raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(captions)} captions")
-    return [" ".join(t for t in line.split(" ") if t and t not in COCO_PUNCTUATION) for line in lines]
+    punctuation = coco_punctuation()
+    return [" ".join(t for t in line.split(" ") if t and t not in punctuation) for line in lines]
 
 
 __all__ = [
-    "COCO_PUNCTUATION",
     "clean_caption",
+    "coco_punctuation",
     "java_ptb_tokenize",
     "java_ptb_unavailable_reason",
     "ptb_jar_path",

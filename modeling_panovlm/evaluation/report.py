@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -13,14 +12,7 @@ from pathlib import Path
 
 from processing_panovlm.data.captions import RowProblem
 
-from .metrics import PredictionRow, score_predictions, scores_to_dict
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+from .metrics import PredictionRow, score_predictions, scores_to_dict, write_text_atomically
 
 
 def _versions() -> dict[str, str | None]:
@@ -41,15 +33,17 @@ def write_evaluation_outputs(
     problems: Sequence[RowProblem] = (),
     data: dict | None = None,
     generation: dict | None = None,
+    tokenizer: str = "java-ptb",
     *,
     think: dict | None = None,
 ) -> dict:
     """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
     then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record,
     `think` what was done about `<think>` reasoning in the predictions (`removed`, and `with_think` of `out_of`
-    counted in `unit`s).
-    Returns the metrics.json content."""
-    results, tokenizer = score_predictions(rows, protocols, metrics_style)
+    counted in `unit`s); `metrics_style` and `tokenizer` as in `score_predictions`, which raises before anything
+    is written. Both files name the tokenizer the scores were computed with (`java-ptb`, `python` or
+    `whitespace`). Returns the metrics.json content."""
+    results, tokenizer = score_predictions(rows, protocols, metrics_style, tokenizer)
     reasons = Counter(problem.reason for problem in problems)
     summary = {
         "metrics_style": metrics_style,
@@ -67,8 +61,8 @@ def write_evaluation_outputs(
         "versions": _versions(),
     }
     output_dir = Path(output_dir)
-    _write_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _write_atomically(output_dir / "report.md", render_report(summary))
+    write_text_atomically(output_dir / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(output_dir / "report.md", render_report(summary))
     return summary
 
 
@@ -89,6 +83,11 @@ def render_report(summary: dict) -> str:
         lines.append(f"| {metric} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in values) + " |")
     unavailable = {metric: reason for scores in protocols.values() for metric, reason in scores["unavailable"].items()}
     lines += [""] + [f"- {metric} not computed: {reason}" for metric, reason in unavailable.items()]
+    if summary["tokenizer"] == "python":
+        lines.append(
+            "- Tokenized by the pure-Python PTB re-creation (opted in), not pycocoevalcap's Java PTBTokenizer: "
+            "scores can differ from Java-tokenized ones by up to about 1%."
+        )
     data = summary["data"]
     dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
     lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")

@@ -1,43 +1,50 @@
-"""Model cards of PanoVLM checkpoints and LoRA adapters, and the Hub repository a local path refers to."""
+"""Model cards of PanoVLM checkpoints and LoRA adapters.
+
+Cards are `huggingface_hub.ModelCard`s rendered by `ModelCard.from_template` from one Jinja template shipped with
+the package (`templates/model_card.md`): the YAML metadata is a `ModelCardData` (library, pipeline, tags, base
+models, licence, training datasets, `model-index` evaluation results, and a `panovlm` block with the towers,
+resampler sizes, view layout and training stage); this module computes the facts, the template holds the prose.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
 
+from .card_metrics import evaluation_section, read_metrics
+from .repo_ids import hub_repo_id
 
-logger = logging.getLogger(__name__)
 
 PANOVLM_TAGS = ("panovlm", "panorama", "360-degree", "equirectangular", "image-text-to-text")
-# What a Hub repository id looks like (`namespace/name`); anything else recorded as a model name is a local path.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# The cache layout of `huggingface_hub` (`.../models--namespace--name/snapshots/<commit>`), which still names the repo.
-_HUB_CACHE_DIR = re.compile(r"models--(?P<namespace>[\w.-]+?)--(?P<name>[\w.-]+)/snapshots/[0-9a-f]{40}/?$")
+# The install line cards show. The distribution is `panovlm` (setup.py); the Auto classes need it imported.
+INSTALL_COMMAND = "pip install panovlm"
 _RESAMPLER_SIZES = {
     "bimamba": ("hidden_dim", "depth", "expand", "d_state", "d_conv", "dt_rank", "norm_first"),
     "mlp": ("hidden_dim", "depth", "use_ln"),
     "perceiver": ("hidden_dim", "depth", "num_latents", "heads", "dim_head", "ff_mult"),
     "qformer": ("hidden_dim", "num_query_tokens", "num_hidden_layers", "num_attention_heads"),
 }
-
-
-def hub_repo_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The Hub repository `name_or_path` refers to: itself when it is a repo id that is not a local directory, the
-    repo of a `huggingface_hub` cache snapshot directory, else `None` (a plain local path, or nothing recorded)."""
-    if not name_or_path:
-        return None
-    text = str(name_or_path)
-    cached = _HUB_CACHE_DIR.search(text.replace(os.sep, "/"))
-    if cached:
-        return f"{cached['namespace']}/{cached['name']}"
-    return text if _HUB_ID.fullmatch(text) and not Path(text).exists() else None
+_STAGES = {
+    "vision": "`vision`: the resampler trained on overlapping views (VICReg), language model and projector untouched",
+    "resampler": "`resampler`: resampler and projector trained on captions, the language model frozen",
+    "finetune": "`finetune`: LoRA on the language model's decoder layers, resampler and projector trained in full",
+    None: "not recorded (not trained with PanoVLM's stages)",
+}
+_STAGE_LIMITATIONS = {
+    "vision": "Only the `vision` stage has run: the projector and language model have not learned from panoramas "
+    "yet, so its answers are not meaningful.",
+    None: "No PanoVLM training stage is recorded: a model built from pretrained towers has a randomly initialised "
+    "resampler and projector until it is trained.",
+}
+# Names ending so are data files (`data/train.csv`), never Hub dataset ids, even where no such file exists here.
+_DATA_FILE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".txt", ".tar", ".zip", ".gz"}
 
 
 def _tower(config) -> dict:
@@ -72,136 +79,221 @@ def _card_metadata(config: PanoVLMConfig) -> dict:
     }
 
 
+def _layout_facts(config: PanoVLMConfig, meta: dict) -> dict:
+    """Template values describing the architecture: resampler sizes, view count and what the views cover."""
+    resampler, views = meta["resampler"], meta["view_layout"]
+    strip = config.view_layout.strip_views
+    strip_count = len(strip)
+    return {
+        "resampler": resampler,
+        "views": views,
+        "resampler_sizes": ", ".join(f"{name} {resampler[name]}" for name in _RESAMPLER_SIZES[resampler["type"]]),
+        "view_count": f"{views['views']} (1 global + {strip_count} strip)" if views["global_view"] else str(strip_count),
+        "coverage": {
+            "view_fov": max(view.hfov_deg for view in strip),
+            "degrees_per_pixel": max(view.hfov_deg for view in strip) / config.view_size,
+            "top": min(90.0, max(view.pitch_deg + view.vfov_deg / 2 for view in strip)),
+            "bottom": max(-90.0, min(view.pitch_deg - view.vfov_deg / 2 for view in strip)),
+        },
+    }
+
+
+def _names(values: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
+    return [str(values)] if isinstance(values, (str, os.PathLike)) else [str(value) for value in values or []]
+
+
+def _hub_dataset_ids(names: list[str]) -> list[str] | None:
+    """The names that are Hub dataset ids (`namespace/name`, not a local path, not a data file's name)."""
+    ids = [name for name in names if hub_repo_id(name) and Path(name).suffix.lower() not in _DATA_FILE_SUFFIXES]
+    return ids or None
+
+
+def _render(
+    data: ModelCardData,
+    *,
+    repo_id: str,
+    panovlm: dict,
+    config: PanoVLMConfig | None,
+    training_data: list[str],
+    metrics: str | os.PathLike | dict | None,
+    install_command: str,
+    **values,
+) -> ModelCard:
+    title = repo_id.rstrip("/").split("/")[-1]
+    evaluation = None
+    if metrics is not None:
+        evaluation, data.eval_results = evaluation_section(read_metrics(metrics))
+        data.model_name = title
+    stage = panovlm.get("training_stage")
+    template = resources.files(__package__).joinpath("templates", "model_card.md").read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        data,
+        template_str=template,
+        title=title,
+        repo_id=repo_id,
+        panovlm=panovlm,
+        stage_text=_STAGES[stage],
+        stage_limitation=_STAGE_LIMITATIONS.get(stage),
+        training_data=training_data,
+        datasets=data.datasets or [],
+        evaluation=evaluation,
+        install_command=install_command,
+        **(_layout_facts(config, panovlm) if config is not None else {}),
+        **values,
+    )
+
+
 def build_model_card(
-    config: PanoVLMConfig, repo_id: str, remote_code: bool = False, tags: tuple[str, ...] | list[str] = ()
+    config: PanoVLMConfig,
+    repo_id: str,
+    remote_code: bool = False,
+    tags: Sequence[str] = (),
+    *,
+    license: str | None = None,
+    training_data: str | Sequence[str] | None = None,
+    metrics: str | os.PathLike | dict | None = None,
+    install_command: str = INSTALL_COMMAND,
 ) -> ModelCard:
     """The model card of a PanoVLM checkpoint pushed to `repo_id`.
 
-    Its YAML metadata holds `library_name`, `pipeline_tag: image-text-to-text`, tags (`custom_code` when
-    `remote_code`), `base_model` (the towers' Hub ids, when the config records them) and a `panovlm` block with
-    the towers' names and types, the resampler type and sizes, the view layout and the training stage; the text
-    repeats them in tables and shows how to load the model, with and without the library installed.
+    Its YAML metadata holds `library_name: transformers`, `pipeline_tag: image-text-to-text`, tags (`custom_code`
+    when `remote_code`), `base_model` (the towers' Hub ids, when the config records them), `license`, `datasets`
+    (the Hub dataset ids among `training_data`), `model-index` (from `metrics`) and a `panovlm` block with the
+    towers' names and types, the resampler type and sizes, the view layout and the training stage. The text shows
+    the install line, how to load the model (with the `import modeling_panovlm` the Auto classes need), the
+    training stage and data, the evaluation, the limitations and the licence.
+
+    Args:
+        config: the model's config.
+        repo_id: `namespace/name` of the repository.
+        remote_code: the repository carries the remote-code export; the card shows `trust_remote_code=True`.
+        tags: extra tags.
+        license: a Hub licence id (`apache-2.0`, ...); without one the card says that none was chosen.
+        training_data: what the model was trained on: Hub dataset ids (also listed as `datasets`) or local names.
+        metrics: a `metrics.json` of `examples/evaluate.py` (path or content): its scores become the card's
+            evaluation table and `model-index`.
+        install_command: the install line the card shows.
     """
     meta = _card_metadata(config)
+    training_data = _names(training_data)
     base_models = [hub_repo_id(tower["name"]) for tower in (meta["vision_tower"], meta["language_model"])]
-    card_tags = list(dict.fromkeys([*PANOVLM_TAGS, *(["custom_code"] if remote_code else []), *tags]))
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
-        tags=card_tags,
+        license=license,
+        tags=list(dict.fromkeys([*PANOVLM_TAGS, *(["custom_code"] if remote_code else []), *tags])),
         base_model=[name for name in base_models if name] or None,
+        datasets=_hub_dataset_ids(training_data),
         panovlm=meta,
     )
-    resampler, views = meta["resampler"], meta["view_layout"]
-    sizes = ", ".join(f"{name} {resampler[name]}" for name in _RESAMPLER_SIZES[resampler["type"]])
-    stage = f"`{config.training_stage}`" if config.training_stage else "not recorded (not trained with PanoVLM's stages)"
-    strip_views = views["views"] - (1 if views["global_view"] else 0)
-    view_count = f"{views['views']} (1 global + {strip_views} strip)" if views["global_view"] else str(views["views"])
-    lines = [
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        "A PanoVLM vision-language model for 360° equirectangular panoramas: the panorama is cut into views, each "
-        "view is encoded by the vision tower, a resampler maps its tokens, a parameter-free panoramic positional "
-        "encoding marks where every token looks, a linear projector maps tokens to the language model's width, and "
-        "the horizon views are stitched into one strip of image tokens in the prompt.",
-        "",
-        "| component | |",
-        "|---|---|",
-        f"| vision tower | `{meta['vision_tower']['name'] or 'not recorded'}` (`{meta['vision_tower']['model_type']}`, "
-        f"views of {views['view_size']} px) |",
-        f"| language model | `{meta['language_model']['name'] or 'not recorded'}` "
-        f"(`{meta['language_model']['model_type']}`) |",
-        f"| resampler | `{resampler['type']}`: {sizes}; latent dimension {resampler['latent_dimension']} |",
-        f"| training stage | {stage} |",
-        "",
-        "| crop strategy | views | field of view | overlap (realised) | stitching | image tokens per panorama |",
-        "|---|---|---|---|---|---|",
-        f"| `{views['crop_strategy']}` | {view_count} | {views['fov_deg']:g}° | "
-        f"{views['overlap_ratio']:g} ({views['realised_overlap']:g}) | `{views['stitching_mode']}` | "
-        f"{views['image_tokens']} |",
-        "",
-        "## How to load",
-        "",
-        "With the PanoVLM library installed (importing it registers the Auto classes):",
-        "",
-        "```python",
-        "import modeling_panovlm",
-        "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        "",
-        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}")',
-        f'processor = AutoProcessor.from_pretrained("{repo_id}")',
-        "```",
-        "",
-    ]
-    if remote_code:
-        lines += [
-            "Without the library (the repository carries its code; transformers, torch, numpy and pillow suffice):",
-            "",
-            "```python",
-            "from transformers import AutoModelForImageTextToText, AutoProcessor",
-            "",
-            f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)',
-            f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
-            "```",
-            "",
-        ]
-    lines += [
-        "Then, for an equirectangular (2:1) image:",
-        "",
-        "```python",
-        "from PIL import Image",
-        "",
-        'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the panorama."}]}]',
-        "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
-        'inputs = processor(images=Image.open("panorama.jpg"), text=prompt, return_tensors="pt")',
-        "output = model.generate(**inputs, max_new_tokens=64)",
-        'print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
-        "```",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return _render(
+        data,
+        repo_id=repo_id,
+        panovlm=meta,
+        config=config,
+        training_data=training_data,
+        metrics=metrics,
+        install_command=install_command,
+        remote_code=remote_code,
+        license=license,
+        adapter=None,
+    )
 
 
-def build_adapter_card(repo_id: str, base_model_repo_id: str, adapter_config: dict) -> ModelCard:
-    """Model card of a PanoVLM LoRA adapter: `library_name: peft`, `base_model`, and how to load it."""
+def build_adapter_card(
+    repo_id: str,
+    base_model: str,
+    adapter_config: dict,
+    *,
+    base_config: PanoVLMConfig | None = None,
+    license: str | None = None,
+    training_data: str | Sequence[str] | None = None,
+    metrics: str | os.PathLike | dict | None = None,
+    install_command: str = INSTALL_COMMAND,
+) -> ModelCard:
+    """Model card of a PanoVLM LoRA adapter (the `finetune` stage's output).
+
+    Metadata: `library_name: peft`, `pipeline_tag`, tags, `base_model` (when `base_model` is a Hub id or a Hub
+    cache snapshot; a local path is named only in the text), `license`, `datasets`, `model-index` and a `panovlm`
+    block: the base model's architecture facts when `base_config` is given (as in `build_model_card`), the
+    training stage `finetune` and the LoRA settings. The text has the same sections as the model card.
+
+    Args:
+        repo_id: the adapter's repository (or directory name).
+        base_model: what the adapter's `base_model_name_or_path` records.
+        adapter_config: the content of `adapter_config.json`.
+        base_config: the base model's config, when known.
+        license, training_data, metrics, install_command: as in `build_model_card`.
+    """
+    lora = {
+        "r": adapter_config.get("r"),
+        "lora_alpha": adapter_config.get("lora_alpha"),
+        "lora_dropout": adapter_config.get("lora_dropout"),
+        "target_modules": adapter_config.get("target_modules"),
+        "modules_to_save": adapter_config.get("modules_to_save"),
+    }
+    meta = {**(_card_metadata(base_config) if base_config is not None else {}), "training_stage": "finetune"}
+    meta["lora"] = lora
+    training_data = _names(training_data)
+    base_repo_id = hub_repo_id(base_model)
     data = ModelCardData(
         library_name="peft",
         pipeline_tag="image-text-to-text",
-        base_model=base_model_repo_id,
+        license=license,
+        base_model=base_repo_id,
         tags=list(dict.fromkeys([*PANOVLM_TAGS, "lora", "peft"])),
+        datasets=_hub_dataset_ids(training_data),
+        panovlm=meta,
     )
-    targets = adapter_config.get("target_modules")
-    lines = [
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        f"A LoRA adapter (PEFT) for the PanoVLM model [`{base_model_repo_id}`]: rank {adapter_config.get('r')}, "
-        f"alpha {adapter_config.get('lora_alpha')}, dropout {adapter_config.get('lora_dropout')}, on the modules "
-        f"matching `{targets}`.",
-        "",
-        "```python",
-        "import modeling_panovlm  # registers the PanoVLM Auto classes",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        "",
-        f'base = AutoModelForImageTextToText.from_pretrained("{base_model_repo_id}")',
-        f'model = PeftModel.from_pretrained(base, "{repo_id}")',
-        f'processor = AutoProcessor.from_pretrained("{base_model_repo_id}")',
-        "# or in one step: AutoModelForImageTextToText.from_pretrained(" + f'"{repo_id}")',
-        "```",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return _render(
+        data,
+        repo_id=repo_id,
+        panovlm=meta,
+        config=base_config,
+        training_data=training_data,
+        metrics=metrics,
+        install_command=install_command,
+        remote_code=False,
+        license=license,
+        adapter=lora,
+        base_model=base_repo_id or base_model,
+        base_repo_id=base_repo_id,
+    )
 
 
-def write_adapter_card(directory: str | os.PathLike) -> None:
-    """Replace the template README that PEFT saves next to an adapter by `build_adapter_card`'s card."""
+def write_adapter_card(
+    directory: str | os.PathLike,
+    *,
+    license: str | None = None,
+    training_data: str | Sequence[str] | None = None,
+    metrics: str | os.PathLike | dict | None = None,
+) -> Path:
+    """Write `build_adapter_card`'s card as `README.md` of an adapter directory, replacing the template PEFT saves.
+
+    The base model's architecture facts come from its `config.json` when `base_model_name_or_path` is a local
+    directory (no network access otherwise). Returns the README's path.
+    """
     directory = Path(directory)
-    adapter = json.loads((directory / "adapter_config.json").read_text())
-    build_adapter_card(directory.name, adapter["base_model_name_or_path"], adapter).save(directory / "README.md")
+    adapter = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    base = adapter["base_model_name_or_path"]
+    base_config = PanoVLMConfig.from_pretrained(base) if (Path(base) / "config.json").is_file() else None
+    card = build_adapter_card(
+        directory.name,
+        base,
+        adapter,
+        base_config=base_config,
+        license=license,
+        training_data=training_data,
+        metrics=metrics,
+    )
+    card.save(directory / "README.md")
+    return directory / "README.md"
 
 
 __all__ = [
+    "INSTALL_COMMAND",
     "PANOVLM_TAGS",
     "build_adapter_card",
     "build_model_card",
-    "hub_repo_id",
     "write_adapter_card",
 ]

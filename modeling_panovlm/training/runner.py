@@ -144,7 +144,10 @@ def run_stage(options: StageOptions) -> Path:
     """Train one stage and write its output directory; returns it."""
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
-    processor = AutoProcessor.from_pretrained(options.model)
+    # A local directory is loaded by its absolute path: PEFT records the base's path as the adapter's
+    # `base_model_name_or_path`, and a relative one would not load from another working directory. Hub ids stay.
+    source = str(Path(options.model).resolve()) if Path(options.model).is_dir() else options.model
+    processor = AutoProcessor.from_pretrained(source)
     if options.system_prompt is not None or options.user_template is not None:
         # Set on the processor, which every checkpoint and the output save: evaluation and inference then ask the
         # way training did.
@@ -152,7 +155,7 @@ def run_stage(options: StageOptions) -> Path:
             processor.system_prompt if options.system_prompt is None else (options.system_prompt or None),
             options.user_template or processor.user_template,
         )
-    model = AutoModelForImageTextToText.from_pretrained(options.model)
+    model = AutoModelForImageTextToText.from_pretrained(source)
     needs_text = spec.loss == "lm"
     train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment)
     evaluation = prepare_table(options.eval_csv, output_dir, "eval", needs_text, False) if options.eval_csv else None
@@ -228,7 +231,7 @@ def run_stage(options: StageOptions) -> Path:
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
-            write_adapter_card(output_dir)
+            write_adapter_card(output_dir, training_data=options.train_csv)
     return output_dir
 
 
