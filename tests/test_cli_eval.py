@@ -140,6 +140,8 @@ ASK = ["--model", "m", "--image", "p.jpg", "--prompt", "q"]
         ),
         ("infer", ["--model", "m", "--image", "p.jpg"], "give at least one --prompt or a --prompts-file"),
         ("infer", [*ASK, "--prompt", " "], "--prompt number 2 is empty"),
+        ("infer", [*ASK, "--stream", "--num-beams", "2"], "cannot be combined with --num-beams above 1"),
+        ("infer", [*ASK, "--show-views", "/nonexistent-dir/v.png"], "the directory /nonexistent-dir does not exist"),
     ],
 )
 def test_bad_flag_values_are_refused_naming_the_valid_range(name, argv, message, capsys):
@@ -165,6 +167,28 @@ def test_missing_directories_and_files_are_named(workspace, tmp_path, capsys):
         status, _, err = run(command, argv, capsys)
         assert status == 2 and message in err and "Repo id" not in err, (argv, err)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_predictions_files_with_bad_rows_are_refused_naming_the_line(tmp_path, capsys):
+    header = "url,query,prediction,annotation\n"
+    files = {
+        "short.csv": (header + "a.jpg,q,p,r\na.jpg,q,p\n").encode(),
+        "long.csv": (header + "a.jpg,q,red, blue,r\n").encode(),
+        "latin1.csv": (header + "a.jpg,q,caf\xe9,r\n").encode("latin-1"),
+    }
+    messages = {
+        "short.csv": "line 3: 3 fields where the header has 4 (a value is missing)",
+        "long.csv": "line 2: 5 fields where the header has 4 (quote values that hold a comma)",
+        "latin1.csv": "is not UTF-8 text",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        status, _, err = run(evaluate_cli, ["--predictions", tmp_path / name, "--output-dir", tmp_path / "o"], capsys)
+        assert status == 2 and f"{tmp_path / name}" in err and messages[name] in err, err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (header + "a.jpg,q,a red circle,a red circle\n").encode())
+    status, _, err = run(evaluate_cli, ["--predictions", tmp_path / "bom.csv", "--output-dir", tmp_path / "o", *QUICK_SCORING], capsys)
+    assert status == 0, err
 
 
 def test_checkpoint_sources_that_can_only_be_paths_are_checked_locally(tmp_path):

@@ -197,3 +197,13 @@ def test_prompts_files_that_hold_no_usable_question_are_refused(checkpoint, tmp_
     for name, message in (("blank.txt", "holds no question"), ("latin1.txt", "is not UTF-8 text"), ("none.txt", "does not exist")):
         status, _, err = run_infer([*argv, tmp_path / name], capsys)
         assert status == 2 and f"{tmp_path / name} " in err and message in err
+
+
+def test_an_error_while_streaming_is_raised_not_waited_for(checkpoint, monkeypatch, capsys):
+    def failing(*args, **kwargs):
+        raise RuntimeError("generation failed half-way")
+
+    monkeypatch.setattr(infer_cli, "generate_from_features", failing)
+    argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--prompt", "red object", "--stream"]
+    with pytest.raises(RuntimeError, match="generation failed half-way"):
+        infer_cli.main([str(arg) for arg in argv])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from threading import Thread
 
@@ -126,9 +127,11 @@ def _answer_with_views(model, processor, image: str, prompts: list[str], args, c
             print_answer(prompt, answer)
         return
     for prompt, text in zip(prompts, texts):
-        streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=generate_from_features, args=(model, processor, [text], encoded, config, streamer))
-        _print_stream(prompt, streamer, worker, several=len(prompts) > 1)
+
+        def generate(streamer, text=text):
+            return generate_from_features(model, processor, [text], encoded, config, streamer)
+
+        _stream(prompt, processor, generate, several=len(prompts) > 1)
 
 
 def _answer_with_one_image(model, processor, image: str, prompts: list[str], args, config, print_answer) -> None:
@@ -152,19 +155,36 @@ def _answer_with_one_image(model, processor, image: str, prompts: list[str], arg
             print_answer(prompt, answer)
         return
     for prompt in prompts:
-        streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=captioner.generate, args=([(prompt, args.verbatim)], [picture], config, streamer))
-        _print_stream(prompt, streamer, worker, several=len(prompts) > 1)
+
+        def generate(streamer, prompt=prompt):
+            return captioner.generate([(prompt, args.verbatim)], [picture], config, streamer)
+
+        _stream(prompt, processor, generate, several=len(prompts) > 1)
 
 
-def _print_stream(prompt: str, streamer: TextIteratorStreamer, worker: Thread, several: bool) -> None:
+def _stream(prompt: str, processor, generate: Callable[[TextIteratorStreamer], object], several: bool) -> None:
+    """Print one answer while `generate(streamer)` produces it in a worker thread; an error there ends the stream
+    and is raised here (instead of leaving this thread waiting for text that never comes)."""
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            generate(streamer)
+        except BaseException as error:  # re-raised in the main thread below
+            failures.append(error)
+            streamer.end()
+
     if several:
         print(f"Q: {prompt}\nA: ", end="", flush=True)
+    worker = Thread(target=work)
     worker.start()
     for piece in streamer:
         print(piece, end="", flush=True)
     worker.join()
     print("\n" if several else "")
+    if failures:
+        raise failures[0]
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -174,6 +194,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     check_generation_flags(parser, args)
     check_prompt_flags(parser, args)
     prompts = read_prompts(parser, args)
+    if args.stream and (args.num_beams or 1) > 1:
+        parser.error("--stream shows one sequence as it is generated: it cannot be combined with --num-beams above 1")
+    views_dir = Path(args.show_views).resolve().parent if args.show_views else None
+    if views_dir is not None and not views_dir.is_dir():
+        parser.error(f"--show-views {args.show_views}: the directory {views_dir} does not exist")
     configure_logging(args.log_level)
     try:
         probe_panorama(args.image)  # a missing or unusable panorama fails before the model is loaded
