@@ -163,6 +163,7 @@ def test_missing_directories_and_files_are_named(workspace, tmp_path, capsys):
         (evaluate_cli, ["--predictions", tmp_path / "p.csv", "--output-dir", tmp_path], "p.csv does not exist"),
         (convert_cli, ["--checkpoint-dir", tmp_path / "run", "--output-dir", tmp_path / "o"], "run does not exist"),
         (export_cli, [tmp_path / "gone"], "gone does not exist"),
+        (evaluate_cli, ["--model", workspace / "tiny", "--csv", table, "--output-dir", table], "is a file, not a directory"),
     ]:
         status, _, err = run(command, argv, capsys)
         assert status == 2 and message in err and "Repo id" not in err, (argv, err)

@@ -164,6 +164,21 @@ def test_baseline_prompt_and_image_size_flags(workspace, tmp_path, capsys):
     assert status == 2 and "--baseline-image-size is for general VLMs" in err
 
 
+def test_a_general_vlm_without_a_chat_template_is_refused_before_generating(workspace, tmp_path, capsys):
+    model = AutoModelForImageTextToText.from_pretrained(workspace / "llava")
+    processor = AutoProcessor.from_pretrained(workspace / "llava")
+    processor.chat_template = processor.tokenizer.chat_template = None
+    model.save_pretrained(tmp_path / "llava")
+    processor.save_pretrained(tmp_path / "llava")
+    for command, argv in (
+        (evaluate_cli, ["--csv", workspace / "test.csv", "--output-dir", tmp_path / "out"]),
+        (infer_cli, ["--image", workspace / "images" / "a.jpg", "--prompt", "q"]),
+    ):
+        status, _, err = run(command, ["--model", tmp_path / "llava", *argv], capsys)
+        assert status == 2 and "processor of this llava model has no chat template" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_one_image_messages_follow_the_prompt_settings():
     prompting = OneImagePrompting(system_prompt=None, user_template="About {query}:")
     assert prompting.messages("the sky") == [

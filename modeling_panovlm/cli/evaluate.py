@@ -34,7 +34,7 @@ from modeling_panovlm.evaluation import (
     strip_thinking,
     write_evaluation_outputs,
 )
-from modeling_panovlm.evaluation.baseline import DEFAULT_BASELINE_IMAGE_SIZE
+from modeling_panovlm.evaluation.baseline import DEFAULT_BASELINE_IMAGE_SIZE, check_one_image_model
 from modeling_panovlm.evaluation.loading import is_panovlm
 from modeling_panovlm.evaluation.metrics import (
     PROTOCOLS,
@@ -138,6 +138,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"{', '.join(generation_only)} only apply when generating (--model and --csv)")
     elif not (args.model and args.csv):
         parser.error("give --model and --csv to generate and score, or --predictions to score an existing file")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output-dir {args.output_dir} is a file, not a directory")
     if args.metrics_style == "panollava" and args.protocol not in (None, "per-row"):
         parser.error("--metrics-style panollava scores each row against its single reference: use --protocol per-row")
     check_generation_flags(parser, args)
@@ -174,6 +176,10 @@ def _generate_and_score(parser: argparse.ArgumentParser, args: argparse.Namespac
             parser.error(f"--baseline-image-size is for general VLMs; {args.model} is a PanoVLM, asked with its views")
         override_prompts(processor, args.system_prompt, args.user_template)
     else:
+        try:
+            check_one_image_model(model, processor)
+        except ValueError as error:
+            parser.error(f"{args.model}: {error}")
         one_image = OneImagePrompting(
             DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
             args.user_template or DEFAULT_USER_TEMPLATE,

@@ -37,7 +37,11 @@ from modeling_panovlm.evaluation import (
     load_model_and_processor,
     override_prompts,
 )
-from modeling_panovlm.evaluation.baseline import DEFAULT_BASELINE_IMAGE_SIZE, OneImageCaptioner
+from modeling_panovlm.evaluation.baseline import (
+    DEFAULT_BASELINE_IMAGE_SIZE,
+    OneImageCaptioner,
+    check_one_image_model,
+)
 from modeling_panovlm.evaluation.loading import is_panovlm
 from processing_panovlm.image_loading import PanoramaImageError, probe_panorama
 from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE
@@ -208,8 +212,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     panovlm = is_panovlm(model)
     if panovlm and args.baseline_image_size is not None:
         parser.error(f"--baseline-image-size is for general VLMs; {args.model} is a PanoVLM, asked with its views")
-    if not panovlm and args.show_views:
-        parser.error(f"--show-views draws a PanoVLM's views; {args.model} is a {model.config.model_type} model")
+    if not panovlm:
+        if args.show_views:
+            parser.error(f"--show-views draws a PanoVLM's views; {args.model} is a {model.config.model_type} model")
+        try:
+            check_one_image_model(model, processor)
+        except ValueError as error:
+            parser.error(f"{args.model}: {error}")
     if args.show_views:
         render_view_overview(args.image, processor.image_processor).save(args.show_views)
         print(f"saved the views to {args.show_views}")

@@ -65,16 +65,21 @@ def panorama_as_one_image(image, size: tuple[int, int]) -> Image.Image:
     return picture.resize(size, Image.Resampling.BICUBIC)
 
 
+def check_one_image_model(model: PreTrainedModel, processor: ProcessorMixin) -> None:
+    """Raise `ValueError` if a general VLM cannot be asked the one-image way: its processor has no chat template."""
+    if getattr(processor, "chat_template", None) is None:
+        raise ValueError(
+            f"the processor of this {model.config.model_type} model has no chat template: a baseline is asked "
+            "through its own chat template (save the processor with one)"
+        )
+
+
 class OneImageCaptioner:
     """Generation for a general VLM over caption groups, used by `generate_captions` for any model that is not a
     PanoVLM: `prepare` loads and resizes panoramas, `generate` answers a batch of groups."""
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, prompting: OneImagePrompting | None = None):
-        if getattr(processor, "chat_template", None) is None:
-            raise ValueError(
-                f"the processor of this {model.config.model_type} model has no chat template: a baseline is asked "
-                "through its own chat template (save the processor with one)"
-            )
+        check_one_image_model(model, processor)
         self.model, self.processor = model, processor
         self.prompting = prompting or OneImagePrompting()
 
@@ -134,5 +139,6 @@ __all__ = [
     "DEFAULT_BASELINE_IMAGE_SIZE",
     "OneImageCaptioner",
     "OneImagePrompting",
+    "check_one_image_model",
     "panorama_as_one_image",
 ]
