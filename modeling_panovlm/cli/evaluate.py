@@ -27,15 +27,11 @@ import sys
 from pathlib import Path
 
 from modeling_panovlm.evaluation import (
-    OneImagePrompting,
     evaluate_caption_table,
     load_model_and_processor,
-    override_prompts,
     strip_thinking,
     write_evaluation_outputs,
 )
-from modeling_panovlm.evaluation.baseline import DEFAULT_BASELINE_IMAGE_SIZE, check_one_image_model
-from modeling_panovlm.evaluation.loading import is_panovlm
 from modeling_panovlm.evaluation.metrics import (
     PROTOCOLS,
     TOKENIZERS,
@@ -45,7 +41,6 @@ from modeling_panovlm.evaluation.metrics import (
 from modeling_panovlm.evaluation.scorers import MetricUnavailableError
 from modeling_panovlm.evaluation.thinking import has_thinking
 from processing_panovlm.data.captions import load_caption_table
-from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE
 
 from .options import (
     HelpFormatter,
@@ -60,6 +55,7 @@ from .options import (
     generation_flags_given,
     int_at_least,
     logging_around_progress_bars,
+    prompting_from_flags,
 )
 
 
@@ -170,21 +166,7 @@ def _generate_and_score(parser: argparse.ArgumentParser, args: argparse.Namespac
         model, processor = load_model_and_processor(args.model, args.adapter)
     except (OSError, ValueError) as error:  # a missing file or directory, a bad table header, an unloadable model
         parser.error(str(error))
-    one_image = None
-    if is_panovlm(model):
-        if args.baseline_image_size is not None:
-            parser.error(f"--baseline-image-size is for general VLMs; {args.model} is a PanoVLM, asked with its views")
-        override_prompts(processor, args.system_prompt, args.user_template)
-    else:
-        try:
-            check_one_image_model(model, processor)
-        except ValueError as error:
-            parser.error(f"{args.model}: {error}")
-        one_image = OneImagePrompting(
-            DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
-            args.user_template or DEFAULT_USER_TEMPLATE,
-            args.baseline_image_size or DEFAULT_BASELINE_IMAGE_SIZE,
-        )
+    one_image = prompting_from_flags(parser, args, model, processor)
     with logging_around_progress_bars():
         evaluate_caption_table(
             model,

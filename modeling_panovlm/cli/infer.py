@@ -35,16 +35,9 @@ from modeling_panovlm.evaluation import (
     expanded_prompt,
     generate_from_features,
     load_model_and_processor,
-    override_prompts,
 )
-from modeling_panovlm.evaluation.baseline import (
-    DEFAULT_BASELINE_IMAGE_SIZE,
-    OneImageCaptioner,
-    check_one_image_model,
-)
-from modeling_panovlm.evaluation.loading import is_panovlm
+from modeling_panovlm.evaluation.baseline import OneImageCaptioner
 from processing_panovlm.image_loading import PanoramaImageError, probe_panorama
-from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE
 from processing_panovlm.visualization.views import render_view_overview
 
 from .options import (
@@ -57,6 +50,7 @@ from .options import (
     check_prompt_flags,
     configure_logging,
     generation_config_from_flags,
+    prompting_from_flags,
 )
 
 
@@ -119,7 +113,6 @@ def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
 
 def _answer_with_views(model, processor, image: str, prompts: list[str], args, config, print_answer) -> None:
     """PanoVLM: encode the panorama once, then answer every prompt from those features."""
-    override_prompts(processor, args.system_prompt, args.user_template)
     features, errors = encode_panoramas(model, processor, [image])
     if errors:
         raise PanoramaImageError(errors[image])
@@ -138,17 +131,11 @@ def _answer_with_views(model, processor, image: str, prompts: list[str], args, c
         _stream(prompt, processor, generate, several=len(prompts) > 1)
 
 
-def _answer_with_one_image(model, processor, image: str, prompts: list[str], args, config, print_answer) -> None:
+def _answer_with_one_image(
+    model, processor, prompting: OneImagePrompting, image: str, prompts: list[str], args, config, print_answer
+) -> None:
     """A general VLM: the panorama as one resized image, through its own processor and chat template."""
-    captioner = OneImageCaptioner(
-        model,
-        processor,
-        OneImagePrompting(
-            DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
-            args.user_template or DEFAULT_USER_TEMPLATE,
-            args.baseline_image_size or DEFAULT_BASELINE_IMAGE_SIZE,
-        ),
-    )
+    captioner = OneImageCaptioner(model, processor, prompting)
     prepared, errors = captioner.prepare([image])
     if errors:
         raise PanoramaImageError(errors[image])
@@ -209,16 +196,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         model, processor = load_model_and_processor(args.model, args.adapter)
     except (OSError, ValueError) as error:  # a missing or unusable panorama (PanoramaImageError), model or adapter
         parser.error(str(error))
-    panovlm = is_panovlm(model)
-    if panovlm and args.baseline_image_size is not None:
-        parser.error(f"--baseline-image-size is for general VLMs; {args.model} is a PanoVLM, asked with its views")
-    if not panovlm:
-        if args.show_views:
-            parser.error(f"--show-views draws a PanoVLM's views; {args.model} is a {model.config.model_type} model")
-        try:
-            check_one_image_model(model, processor)
-        except ValueError as error:
-            parser.error(f"{args.model}: {error}")
+    one_image = prompting_from_flags(parser, args, model, processor)
+    if one_image is not None and args.show_views:
+        parser.error(f"--show-views draws a PanoVLM's views; {args.model} is a {model.config.model_type} model")
     if args.show_views:
         render_view_overview(args.image, processor.image_processor).save(args.show_views)
         print(f"saved the views to {args.show_views}")
@@ -228,8 +208,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def print_answer(prompt: str, answer: str) -> None:
         print(f"Q: {prompt}\nA: {answer}\n" if len(prompts) > 1 else answer)
 
-    answer = _answer_with_views if panovlm else _answer_with_one_image
-    answer(model, processor, args.image, prompts, args, generation_config_from_flags(model, args), print_answer)
+    config = generation_config_from_flags(model, args)
+    if one_image is None:
+        _answer_with_views(model, processor, args.image, prompts, args, config, print_answer)
+    else:
+        _answer_with_one_image(model, processor, one_image, args.image, prompts, args, config, print_answer)
     return 0
 
 

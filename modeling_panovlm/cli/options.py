@@ -17,8 +17,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from modeling_panovlm.evaluation import DEFAULT_MAX_NEW_TOKENS, greedy_generation_config
-from processing_panovlm.processing_panovlm import QUERY_FIELD
+from modeling_panovlm.evaluation import DEFAULT_MAX_NEW_TOKENS, greedy_generation_config, override_prompts
+from modeling_panovlm.evaluation.baseline import (
+    DEFAULT_BASELINE_IMAGE_SIZE,
+    OneImagePrompting,
+    check_one_image_model,
+)
+from modeling_panovlm.evaluation.loading import is_panovlm
+from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE, QUERY_FIELD
 
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -222,6 +228,28 @@ def add_baseline_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def prompting_from_flags(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, model: PreTrainedModel, processor
+) -> OneImagePrompting | None:
+    """Apply the prompt flags to the loaded model's way of being asked: a PanoVLM's processor gets the
+    `--system-prompt` / `--user-template` overrides (None is returned); a general VLM gets the `OneImagePrompting`
+    they describe, with `--baseline-image-size`. Refuses what does not fit the model (exit status 2)."""
+    if is_panovlm(model):
+        if args.baseline_image_size is not None:
+            parser.error(f"--baseline-image-size is for general VLMs; {args.model} is a PanoVLM, asked with its views")
+        override_prompts(processor, args.system_prompt, args.user_template)
+        return None
+    try:
+        check_one_image_model(model, processor)
+    except ValueError as error:
+        parser.error(f"{args.model}: {error}")
+    return OneImagePrompting(
+        DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
+        args.user_template or DEFAULT_USER_TEMPLATE,
+        args.baseline_image_size or DEFAULT_BASELINE_IMAGE_SIZE,
+    )
+
+
 __all__ = [
     "HelpFormatter",
     "LOG_LEVELS",
@@ -239,4 +267,5 @@ __all__ = [
     "int_at_least",
     "logging_around_progress_bars",
     "package_loggers",
+    "prompting_from_flags",
 ]
