@@ -41,7 +41,9 @@ setup(
         # CUDA machines only: neither builds nor imports without CUDA. Install with --no-build-isolation.
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         "metrics": METRICS_REQUIRES,
-        "dev": ["pytest>=8", *METRICS_REQUIRES],
+        # Tests: pytest; parameterized for transformers' common test mixins (tests/transformers_common); trl and
+        # transformers' serving extra for the ecosystem tests (TRL's SFTTrainer, `transformers serve`).
+        "dev": ["pytest>=8", "parameterized", "trl>=1.16", "transformers[serving]", *METRICS_REQUIRES],
         # Baselines of benchmarks/ (see benchmarks/README.md). Install into a separate venv: OpenCV switches
         # py360convert's backend, which would change what the test suite compares against.
         "bench": ["pyequilib>=0.6", "opencv-python-headless", "mambapy>=1.2"],

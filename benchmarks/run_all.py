@@ -1,6 +1,6 @@
 """Run every benchmark, then print the headline ratios of all results/*.json.
 
-    python benchmarks/run_all.py                 # full runs (~14 min on 2 cores)
+    python benchmarks/run_all.py                 # full runs (~15 min on 2 cores)
     python benchmarks/run_all.py --quick         # quick runs (~6 min), written to results/*_quick.json
     python benchmarks/run_all.py --only views bimamba
     python benchmarks/run_all.py --summary       # only print the table of the existing results
@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("views", "bimamba", "llava_step", "loading", "evaluation")
+BENCHMARKS = ("views", "bimamba", "llava_step", "loading", "evaluation", "fsdp_memory")
 
 
 def summary(quick: bool) -> None:

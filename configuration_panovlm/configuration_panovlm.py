@@ -8,11 +8,13 @@ never later as a shape mismatch.
 
 
 import dataclasses
+import difflib
 import math
+from types import MappingProxyType
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .view_layout import ViewLayout, build_view_layout, infer_token_grid
@@ -52,12 +54,45 @@ _FLOAT_FIELDS = {
 }
 
 
-def _check_kwargs(config: PreTrainedConfig, kwargs: dict[str, Any]) -> None:
-    """Reject unknown keys and a foreign `model_type`; coerce integer values of float fields to float."""
-    unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS - set(config.attribute_map))
-    if unknown:
-        fields = sorted(f.name for f in dataclasses.fields(config) if not f.name.startswith("_"))
-        raise ValueError(f"{type(config).__name__} got unknown keys {unknown}; valid keys are {fields}")
+def _words(name: str) -> set[str]:
+    return set(name.strip("_").split("_"))
+
+
+def _suggestion(key: str, fields: list[str]) -> str | None:
+    """The own field `key` looks like a misspelling of: a close match, or a field whose words include all of
+    `key`'s (`fov` -> `fov_deg`, `overlap` -> `overlap_ratio`, `vicreg_dim` -> `vicreg_projector_dim`)."""
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    return next((field for field in fields if field != key and _words(key) <= _words(field)), None)
+
+
+def _known_to_transformers(config: PreTrainedConfig, key: str) -> bool:
+    """Whether transformers itself names a config attribute `key`: on the base class, the towers' config classes or
+    LLaVA's (the reference composite VLM), which is what its tests, quantizers and tooling write onto configs."""
+    classes = [PreTrainedConfig, LlavaConfig]
+    classes += [type(sub) for sub in (getattr(config, "vision_config", None), getattr(config, "text_config", None)) if sub]
+    return any(
+        key in vars(cls) or (dataclasses.is_dataclass(cls) and key in {f.name for f in dataclasses.fields(cls)})
+        for cls in classes
+    )
+
+
+def _check_kwargs(config: PreTrainedConfig, kwargs: dict[str, Any], strict_keys: bool) -> None:
+    """Refuse a foreign `model_type` and misspelt keys; coerce integer values of float fields to float.
+
+    With `strict_keys`, every key must be a field (the resampler config: PanoVLM's own, written by nobody else).
+    Otherwise keys that are not fields are kept as attributes and round-trip through `config.json` (what
+    transformers, PEFT, quantizers and test helpers set on a model config), unless they look like a misspelling of
+    one of PanoVLM's fields and transformers does not know them.
+    """
+    fields = sorted(f.name for f in dataclasses.fields(config) if not f.name.startswith("_"))
+    unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS - set(config.attribute_map) - set(fields))
+    for key in unknown:
+        suggestion = _suggestion(key, fields)
+        if strict_keys or (suggestion is not None and not _known_to_transformers(config, key)):
+            hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+            raise ValueError(f"{type(config).__name__} got unknown key {key!r}{hint} Valid keys are {fields}")
     model_type = kwargs.get("model_type", config.model_type)
     if model_type != config.model_type:
         raise ValueError(f"{type(config).__name__} expects model_type={config.model_type!r}, got {model_type!r}")
@@ -126,7 +161,7 @@ class PanoVLMResamplerConfig(PreTrainedConfig):
     layer_norm_eps: float | int = 1e-5
 
     def __post_init__(self, **kwargs):
-        _check_kwargs(self, kwargs)
+        _check_kwargs(self, kwargs, strict_keys=True)
         if self.dt_rank == "auto":
             self.dt_rank = math.ceil(self.hidden_dim / 16)
         super().__post_init__(**kwargs)
@@ -208,6 +243,10 @@ class PanoVLMConfig(PreTrainedConfig):
     """
 
     model_type = "panovlm"
+    attribute_map = {"image_token_index": "image_token_id"}  # LLaVA's name for the same field
+    # Set (in config.json) only by the remote-code export; transformers' Auto classes and tools such as TRL read
+    # `config.auto_map` on any config: an empty, read-only mapping unless a checkpoint sets one.
+    auto_map = MappingProxyType({})
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(AutoConfig, model_type="siglip_vision_model"),
         "text_config": SubConfigSpec(AutoConfig, model_type="qwen3"),
@@ -233,7 +272,7 @@ class PanoVLMConfig(PreTrainedConfig):
     training_stage: Literal["vision", "resampler", "finetune"] | None = None
 
     def __post_init__(self, **kwargs):
-        _check_kwargs(self, kwargs)
+        _check_kwargs(self, kwargs, strict_keys=False)
         super().__post_init__(**kwargs)
         # PanoVLM reads every patch token and never the tower's pooling head (SigLIP's attention pooling): it is not
         # built, so no parameter goes without a gradient.

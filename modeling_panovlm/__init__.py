@@ -6,7 +6,7 @@ selective scan); the tooling around it lives in sub-packages: `training`, `evalu
 (PanoLLaVA checkpoints) and `testing` (tiny checkpoints, tokenizer and synthetic panoramas).
 """
 
-from transformers import AutoModel, AutoModelForImageTextToText
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
 import processing_panovlm  # noqa: F401  (registers the config, image processor and processor Auto classes)
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
@@ -21,6 +21,9 @@ from .resamplers import RESAMPLERS, build_resampler
 
 AutoModel.register(PanoVLMConfig, PanoVLMModel, exist_ok=True)
 AutoModelForImageTextToText.register(PanoVLMConfig, PanoVLMForConditionalGeneration, exist_ok=True)
+# Tools that load "the causal LM" of a checkpoint (TRL's SFTTrainer given a path, for one) get the whole model: it is a
+# causal LM whose prompts may hold panoramas.
+AutoModelForCausalLM.register(PanoVLMConfig, PanoVLMForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "RESAMPLERS",

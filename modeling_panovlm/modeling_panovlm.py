@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -123,7 +124,7 @@ class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
         return mask.unsqueeze(-1)
 
     def _return_dict(self, return_dict: bool | None) -> bool:
-        return self.config.use_return_dict if return_dict is None else return_dict
+        return self.config.return_dict if return_dict is None else return_dict
 
     def forward(
         self,
@@ -157,6 +158,15 @@ class PanoVLMModel(PanoVLMImageFeaturesMixin, PanoVLMPreTrainedModel):
             kwargs: go to the language model (`use_cache`, `output_attentions`, `output_hidden_states`, ...).
         """
         return_dict = self._return_dict(return_dict)
+        if "past_key_values" in kwargs:
+            warnings.warn(
+                "`past_key_values` is deprecated for PanoVLM's forward, as for transformers' models since 5.25: pass the "
+                "cache as `cache`",
+                FutureWarning,
+                stacklevel=2,
+            )
+            legacy = kwargs.pop("past_key_values")
+            cache = legacy if cache is None else cache
         if output_view_embeddings:
             if pixel_values is None or input_ids is not None or inputs_embeds is not None:
                 raise ValueError("output_view_embeddings=True takes pixel_values alone (the vision training stage)")

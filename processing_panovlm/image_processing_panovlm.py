@@ -104,6 +104,9 @@ class PanoVLMImageProcessor(BaseImageProcessor):
     """
 
     valid_kwargs = PanoVLMImageProcessorKwargs
+    # transformers' image processors resize to `size`; here the views are sampled at `image_size`, fixed at
+    # construction because the model's token count depends on it, so there is no `size` setting.
+    size = None
     model_input_names = ["pixel_values", "view_yaw_deg", "view_pitch_deg", "view_fov_deg"]
 
     def __init__(

@@ -231,8 +231,6 @@ class PanoVLMProcessor(ProcessorMixin):
         self,
         images: ImageInput | None = None,
         text: TextInput | list[TextInput] | None = None,
-        videos: None = None,
-        audio: None = None,
         **kwargs: Unpack[PanoVLMProcessorKwargs],
     ) -> BatchFeature:
         """Panoramas (see the class docstring for the accepted layouts) and prompts -> model inputs. Keyword
@@ -243,7 +241,7 @@ class PanoVLMProcessor(ProcessorMixin):
         backend = self.tokenizer.backend_tokenizer
         truncation, padding = backend.truncation, backend.padding
         try:
-            return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+            return super().__call__(images=images, text=text, **kwargs)
         finally:
             if truncation is None:
                 backend.no_truncation()
@@ -266,8 +264,9 @@ class PanoVLMProcessor(ProcessorMixin):
             placeholders = [sample.count(self.image_token) for sample in prompts]
             if per_prompt != placeholders:
                 raise ValueError(
-                    f"images were given per prompt as {per_prompt} panoramas, but the prompts hold {placeholders} "
-                    f"image placeholders ({self.image_token})"
+                    f"The number of {self.image_token} tokens in the prompts should be the same as the number of "
+                    f"images passed for each prompt: images were given per prompt as {per_prompt} panoramas, but the "
+                    f"prompts hold {placeholders} image placeholders"
                 )
         # A batch of text-only chats arrives as empty per-prompt lists.
         return images or None, text, videos, audio
@@ -289,8 +288,9 @@ class PanoVLMProcessor(ProcessorMixin):
         given = len(images) if images is not None else 0
         if sum(placeholders) != given:
             raise ValueError(
-                f"the prompts hold {placeholders} image placeholders ({self.image_token}), {sum(placeholders)} in all, "
-                f"but {given} panorama(s) were passed: give one panorama per placeholder"
+                f"The total number of {self.image_token} tokens in the prompts should be the same as the number of "
+                f"images passed: the prompts hold {placeholders} image placeholders, {sum(placeholders)} in all, but "
+                f"{given} panorama(s) were passed; give one panorama per placeholder"
             )
 
     def _process_images(self, images, **kwargs):

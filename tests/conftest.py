@@ -31,8 +31,3 @@ def image_prompt_ids(config, batch: int = 2, before: int = 3, after: int = 4) ->
     ids[:, before : before + config.num_image_tokens] = config.image_token_id
     return ids
 
-
-def pytest_configure(config):
-    # Markers transformers' common test files (tests/transformers_common) use; its own conftest registers them.
-    for marker in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
-        config.addinivalue_line("markers", f"{marker}: used by transformers' common tests")

@@ -1,7 +1,8 @@
 """A local stand-in for the Hugging Face Hub, for tests: the HTTP API subset `huggingface_hub` 2.x speaks when
 models are pushed, pulled and snapshot-downloaded, on 127.0.0.1 with the standard library only.
 
-Implemented (model repos; revisions are branch names or commit ids, every commit is kept):
+Implemented (model and dataset repos, the latter under `datasets/`; revisions are branch names or commit ids, every
+commit is kept):
 
 * `GET /api/whoami-v2`, `POST /api/repos/create` (409 when the repo exists, as the Hub answers; a new repo starts
   with a commit holding `.gitattributes`), `POST /api/validate-yaml` (README metadata)
@@ -33,6 +34,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+# Dataset repositories also keep data shards and images in LFS (as the Hub's default dataset `.gitattributes`).
+DATASET_LFS_SUFFIXES = (*LFS_SUFFIXES, ".parquet", ".arrow", ".tar", ".jpg", ".jpeg", ".png", ".webp")
+REPO_TYPES = {"model": "models", "dataset": "datasets"}
 USER = "tester"
 
 
@@ -135,20 +139,23 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     state: HubState  # set on the subclass the server builds
     base_url: str
 
+    # A dataset repository is addressed as `datasets/{repo}` (API: `/api/datasets/{repo}`), a model as `{repo}`.
     REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
+    API = rf"/api/(?P<kind>models|datasets)/{REPO}"
+    FILES = rf"/(?:(?P<kind>datasets)/)?{REPO}"
     ROUTES = (
         ("GET", r"/api/whoami-v2", "whoami"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
-        ("POST", rf"/api/models/{REPO}/preupload/(?P<rev>[^/]+)", "preupload"),
-        ("POST", rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)", "commit"),
-        ("GET", rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
-        ("GET", rf"/api/models/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "tree"),
-        ("POST", rf"/api/models/{REPO}/paths-info/(?P<rev>[^/]+)", "paths_info"),
-        ("POST", rf"/{REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
+        ("POST", rf"{API}/preupload/(?P<rev>[^/]+)", "preupload"),
+        ("POST", rf"{API}/commit/(?P<rev>[^/]+)", "commit"),
+        ("GET", rf"{API}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
+        ("GET", rf"{API}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "tree"),
+        ("POST", rf"{API}/paths-info/(?P<rev>[^/]+)", "paths_info"),
+        ("POST", rf"{FILES}\.git/info/lfs/objects/batch", "lfs_batch"),
         ("PUT", r"/lfs-objects/(?P<oid>[0-9a-f]{64})", "lfs_upload"),
-        ("GET", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
-        ("HEAD", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+        ("GET", rf"{FILES}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+        ("HEAD", rf"{FILES}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     )
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
@@ -173,9 +180,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         for route_method, pattern, handler in self.ROUTES:
             match = re.fullmatch(pattern, url.path)
             if route_method == method and match:
+                arguments = {k: v for k, v in match.groupdict().items() if v is not None}
+                if "repo" in arguments:  # the state keys dataset repositories by their URL path
+                    kind = arguments.pop("kind", "models")
+                    arguments["repo"] = arguments["repo"] if kind == "models" else f"datasets/{arguments['repo']}"
                 try:
                     with self.state.lock:
-                        getattr(self, handler)(**{k: v for k, v in match.groupdict().items() if v is not None})
+                        getattr(self, handler)(**arguments)
                 except HubError as error:
                     self._send_json({"error": error.message}, error.status, error_code=error.code)
                 return
@@ -206,17 +217,20 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def create_repo(self):
         payload = json.loads(self.body)
         repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
-        if payload.get("type", "model") != "model":
-            raise HubError(400, None, "the test hub hosts model repositories only")
-        if repo_id in self.state.repos:
-            self._send_json({"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"}, 409)
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_TYPES:
+            raise HubError(400, None, f"the test hub hosts model and dataset repositories, not {repo_type!r}")
+        key = repo_id if repo_type == "model" else f"datasets/{repo_id}"
+        if key in self.state.repos:
+            self._send_json({"error": f"You already created this {repo_type} repo", "url": f"{self.base_url}/{key}"}, 409)
             return
-        self.state.repos[repo_id] = Repo()
+        self.state.repos[key] = Repo()
         # Like the Hub, a new repository starts with one commit holding the LFS rules, so `main` exists.
-        gitattributes = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
+        suffixes = LFS_SUFFIXES if repo_type == "model" else DATASET_LFS_SUFFIXES
+        gitattributes = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in suffixes)
         initial = {"content": base64.b64encode(gitattributes.encode()).decode(), "path": ".gitattributes"}
-        self.state.commit(repo_id, "main", [{"key": "header", "value": {"summary": "initial commit"}}, {"key": "file", "value": initial}])
-        self._send_json({"url": f"{self.base_url}/{repo_id}", "name": repo_id})
+        self.state.commit(key, "main", [{"key": "header", "value": {"summary": "initial commit"}}, {"key": "file", "value": initial}])
+        self._send_json({"url": f"{self.base_url}/{key}", "name": repo_id})
 
     def validate_yaml(self):
         # The Hub checks README metadata against its schema; the test hub only checks that a metadata block that
@@ -233,7 +247,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         files = existing[1] if existing else {}
         answers = []
         for item in json.loads(self.body)["files"]:
-            lfs = item["path"].endswith(LFS_SUFFIXES)
+            lfs = item["path"].endswith(DATASET_LFS_SUFFIXES if repo.startswith("datasets/") else LFS_SUFFIXES)
             blob = files.get(item["path"])
             oid = None if blob is None else (blob.sha256 if blob.lfs else _git_blob_sha1(blob.data))
             answers.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
@@ -263,7 +277,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def repo_info(self, repo, rev="main"):
         commit, files = self.state.snapshot(repo, rev)
         siblings = [{"rfilename": path} for path in sorted(files)]
-        self._send_json({"id": repo, "modelId": repo, "sha": commit, "private": False, "siblings": siblings, "tags": []})
+        repo_id = repo.removeprefix("datasets/")
+        self._send_json({"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "siblings": siblings, "tags": []})
 
     def tree(self, repo, rev, path=""):
         _, files = self.state.snapshot(repo, rev)
@@ -353,10 +368,10 @@ class LocalHub:
             "TOKENIZERS_PARALLELISM": "false",
         }
 
-    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
         """`{path: content}` of a repository at `revision`, read directly from the server's state."""
         with self.state.lock:
-            _, files = self.state.snapshot(repo_id, revision)
+            _, files = self.state.snapshot(repo_id if repo_type == "model" else f"datasets/{repo_id}", revision)
             return {path: blob.data for path, blob in files.items()}
 
     def is_lfs(self, repo_id: str, path: str, revision: str = "main") -> bool:

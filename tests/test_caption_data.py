@@ -30,10 +30,14 @@ def test_quic360_csv_is_read_verbatim_and_urls_resolve(table_dir):
         "images/ok.jpg,people,nan\nhttps://example.com/p.jpg,trees,\n"
     )
     table = load_caption_table(table_dir / "t.csv")
-    assert table.column_names == ["url", "query", "annotation", "image", "prompt_style", "row"]
+    assert table.column_names == [
+        "url", "query", "annotation", "image", "prompt_style", "row", "image_id", "source", "problem", "problem_detail"
+    ]
     assert table["annotation"] == ['A red, round "thing".', "nan", ""]  # "nan" stays a string
     assert table["image"] == [str(table_dir / "images/ok.jpg")] * 2 + ["https://example.com/p.jpg"]
     assert table["row"] == [1, 2, 3] and set(table["prompt_style"]) == {"query"}
+    assert table["image_id"] == table["image"] and set(table["problem"]) == {""}
+    assert set(table["source"]) == {str(table_dir / "t.csv")}
 
 
 def test_instruction_variant_and_tsv(table_dir):

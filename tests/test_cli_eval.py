@@ -295,6 +295,30 @@ def test_think_is_removed_by_default_for_qwen3_and_reported(workspace, tmp_path,
         assert rescored["think"] == {"removed": removed, "with_think": 3, "out_of": 4, "unit": "row"}
 
 
+def test_evaluate_reads_other_column_names_and_streams(workspace, tmp_path, capsys):
+    with open(workspace / "test.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    with open(tmp_path / "renamed.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["caption", "picture", "question"])
+        writer.writerows([annotation, str(workspace / url), query] for url, query, annotation in rows)
+    columns = ["--image-column", "picture", "--query-column", "question", "--answer-column", "caption"]
+    common = ["--model", workspace / "tiny", "--max-new-tokens", 3, *QUICK_SCORING, *columns]
+    summaries = {}
+    for name, flags in (("prepared", []), ("streamed", ["--streaming"])):
+        argv = [*common, "--csv", tmp_path / "renamed.csv", "--output-dir", tmp_path / name, *flags]
+        status, _, err = run(evaluate_cli, argv, capsys)
+        assert status == 0, err
+        summaries[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert summaries["streamed"]["data"]["streaming"] is True and summaries["prepared"]["data"]["streaming"] is False
+    for summary in summaries.values():
+        assert summary["data"]["rows_scored"] == 4 and summary["generation"]["generations"] == 3
+        assert summary["think"] == {"removed": True, "with_think": 0, "out_of": 3, "unit": "caption"}
+    assert (tmp_path / "prepared" / "predictions.csv").read_text() == (tmp_path / "streamed" / "predictions.csv").read_text()
+    status, _, err = run(evaluate_cli, ["--predictions", tmp_path / "prepared" / "predictions.csv", "--output-dir", tmp_path, "--streaming"], capsys)
+    assert status == 2 and "--streaming only apply when generating" in err
+
+
 # ---- adapters -------------------------------------------------------------------------------------------------------
 def test_adapter_is_merged_for_evaluate_and_infer(workspace, tmp_path, capsys):
     base, _ = load_model_and_processor(workspace / "tiny")

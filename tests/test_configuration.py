@@ -96,8 +96,11 @@ def test_predecessor_field_names_and_alias():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"foo": 1}, "unknown keys \\['foo'\\]"),
-        ({"resampler_config": {"hiden_dim": 8}}, "unknown keys \\['hiden_dim'\\]"),
+        ({"crop_stratgy": "e2p"}, "unknown key 'crop_stratgy'; did you mean 'crop_strategy'"),
+        ({"fov": 60.0}, "unknown key 'fov'; did you mean 'fov_deg'"),
+        ({"overlap": 0.3}, "unknown key 'overlap'; did you mean 'overlap_ratio'"),
+        ({"resampler_config": {"hiden_dim": 8}}, "unknown key 'hiden_dim'; did you mean 'hidden_dim'"),
+        ({"resampler_config": {"foo": 1}}, "unknown key 'foo'"),
         ({"fov_deg": "wide"}, "fov_deg"),
         ({"crop_strategy": "fisheye"}, "crop_strategy"),
         ({"resampler_config": {"resampler_type": "lstm"}}, "resampler_type"),
@@ -216,3 +219,18 @@ def test_infer_token_grid():
     assert infer_token_grid(64) == (8, 8)
     assert infer_token_grid(32) == (4, 8)
     assert infer_token_grid(7) == (1, 7)
+
+
+def test_attributes_set_after_construction_round_trip(tmp_path):
+    """What transformers, quantizers, PEFT and test helpers write onto a model config survives save -> load, while
+    misspellings of PanoVLM's own fields (above) still raise."""
+    config = PanoVLMConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, image_token_id=5)
+    config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    config.rms_norm_eps = 1.0  # transformers' set_config_for_less_flaky_test
+    config.pad_token_id = 0
+    config.text_config.layer_norm_epsilon = 1.0
+    config.save_pretrained(tmp_path)
+    loaded = PanoVLMConfig.from_pretrained(tmp_path)
+    assert loaded.quantization_config == {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    assert (loaded.rms_norm_eps, loaded.pad_token_id, loaded.text_config.layer_norm_epsilon) == (1.0, 0, 1.0)
+    assert PanoVLMConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, image_token_index=7).image_token_id == 7

@@ -45,12 +45,15 @@ from processing_panovlm.data.captions import load_caption_table
 from .options import (
     HelpFormatter,
     add_baseline_flags,
+    add_data_flags,
     add_generation_flags,
     add_log_level_flag,
     add_prompt_flags,
     check_generation_flags,
     check_prompt_flags,
     configure_logging,
+    data_args_from_flags,
+    data_flags_given,
     generation_config_from_flags,
     generation_flags_given,
     int_at_least,
@@ -69,7 +72,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     source.add_argument("--adapter", help="PEFT adapter directory, applied to --model and merged")
     source.add_argument(
-        "--csv", help="QuIC-360-style table to generate for (url,query,annotation or url,instruction,response)"
+        "--csv",
+        help="the caption table to generate for: a CSV / TSV / JSON Lines / Parquet / WebDataset file, a glob, a "
+        "save_to_disk folder or a Hub dataset id (QuIC-360's url,query,annotation columns by default; see the "
+        "table-reading flags)",
     )
     source.add_argument("--predictions", help="score this predictions.csv instead of generating")
     parser.add_argument("--output-dir", required=True, help="where predictions.csv, metrics.json and report.md go")
@@ -84,6 +90,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument(
         "--log-interval", type=int_at_least(1), default=25, help="with --log-samples: every K-th caption (default 25)"
     )
+    add_data_flags(parser)
     add_generation_flags(parser)
     add_prompt_flags(parser)
     add_baseline_flags(parser)
@@ -130,6 +137,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             "--max-samples": args.max_samples,
         }
         generation_only = generation_flags_given(args) + [flag for flag, value in given.items() if value is not None]
+        generation_only += data_flags_given(args)
         if generation_only:
             parser.error(f"{', '.join(generation_only)} only apply when generating (--model and --csv)")
     elif not (args.model and args.csv):
@@ -161,8 +169,9 @@ def _rescore(parser: argparse.ArgumentParser, args: argparse.Namespace, protocol
 
 def _generate_and_score(parser: argparse.ArgumentParser, args: argparse.Namespace, protocols: list[str] | None) -> None:
     try:
-        # Read before the model is loaded, so that a wrong path or header fails in a second, not after minutes.
-        load_caption_table(args.csv)
+        data_args = data_args_from_flags(args)
+        # Opened before the model is loaded, so that a wrong path or header fails in seconds, not after minutes.
+        load_caption_table(args.csv, data_args, split=data_args.eval_split)
         model, processor = load_model_and_processor(args.model, args.adapter)
     except (OSError, ValueError) as error:  # a missing file or directory, a bad table header, an unloadable model
         parser.error(str(error))
@@ -182,6 +191,7 @@ def _generate_and_score(parser: argparse.ArgumentParser, args: argparse.Namespac
             log_interval=args.log_interval if args.log_samples else None,
             model_name=args.model if args.adapter is None else f"{args.model} + adapter {args.adapter}",
             tokenizer=args.tokenizer,
+            data_args=data_args,
             strip_think=args.strip_think,
             one_image=one_image,
         )

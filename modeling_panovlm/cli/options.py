@@ -6,10 +6,12 @@ Range-checked argument types refuse out-of-range values at parse time, naming th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
 import sys
+import typing
 from collections.abc import Callable
 
 import datasets
@@ -24,6 +26,7 @@ from modeling_panovlm.evaluation.baseline import (
     check_one_image_model,
 )
 from modeling_panovlm.evaluation.loading import is_panovlm
+from processing_panovlm.data import DataArguments
 from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE, QUERY_FIELD
 
 
@@ -228,6 +231,38 @@ def add_baseline_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# ---- reading a table ------------------------------------------------------------------------------------------------
+def add_data_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ("train_split",)) -> None:
+    """The `DataArguments` fields as flags (`--image-column`, `--streaming`, ...), with their own help text."""
+    group = parser.add_argument_group("reading the table (processing_panovlm.data.DataArguments)")
+    hints = typing.get_type_hints(DataArguments)
+    for option in dataclasses.fields(DataArguments):
+        if option.name in exclude:
+            continue
+        kwargs: dict = {"dest": option.name, "default": option.default, "help": option.metadata["help"]}
+        if hints[option.name] is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = int_at_least(1) if option.name == "num_proc" else str
+            kwargs["choices"] = option.metadata.get("choices")
+        group.add_argument("--" + option.name.replace("_", "-"), **kwargs)
+
+
+def data_flags_given(args: argparse.Namespace) -> list[str]:
+    """The `DataArguments` flags set to something other than their default."""
+    return [
+        "--" + option.name.replace("_", "-")
+        for option in dataclasses.fields(DataArguments)
+        if hasattr(args, option.name) and getattr(args, option.name) != option.default
+    ]
+
+
+def data_args_from_flags(args: argparse.Namespace) -> DataArguments:
+    return DataArguments(
+        **{option.name: getattr(args, option.name) for option in dataclasses.fields(DataArguments) if hasattr(args, option.name)}
+    )
+
+
 def prompting_from_flags(
     parser: argparse.ArgumentParser, args: argparse.Namespace, model: PreTrainedModel, processor
 ) -> OneImagePrompting | None:
@@ -254,12 +289,15 @@ __all__ = [
     "HelpFormatter",
     "LOG_LEVELS",
     "add_baseline_flags",
+    "add_data_flags",
     "add_generation_flags",
     "add_log_level_flag",
     "add_prompt_flags",
     "check_generation_flags",
     "check_prompt_flags",
     "configure_logging",
+    "data_args_from_flags",
+    "data_flags_given",
     "float_in",
     "generation_config_from_flags",
     "generation_flags_given",

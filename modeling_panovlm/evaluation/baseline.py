@@ -35,11 +35,14 @@ class OneImagePrompting:
         system_prompt: the system turn; `None` for none. PanoVLM's default by default.
         user_template: the user text around a query, holding `{query}` once; PanoVLM's default by default.
         image_size: `(width, height)` the whole panorama is resized to before the model's processor sees it.
+        aspect_ratio_tolerance: largest relative deviation of a panorama's width / height from 2 that is accepted
+            (the loader's default; a PanoVLM's is its image processor's).
     """
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     user_template: str = DEFAULT_USER_TEMPLATE
     image_size: tuple[int, int] = DEFAULT_BASELINE_IMAGE_SIZE
+    aspect_ratio_tolerance: float = 0.01
 
     def __post_init__(self):
         if self.user_template.count(QUERY_FIELD) != 1:
@@ -56,9 +59,9 @@ class OneImagePrompting:
         return messages
 
 
-def panorama_as_one_image(image, size: tuple[int, int]) -> Image.Image:
+def panorama_as_one_image(image, size: tuple[int, int], aspect_ratio_tolerance: float = 0.01) -> Image.Image:
     """The panorama at `image` (anything `load_panorama` reads), whole, as an RGB image of `size` (width, height)."""
-    pixels = load_panorama(image, keep_uint8=True)
+    pixels = load_panorama(image, aspect_ratio_tolerance, keep_uint8=True)
     if pixels.dtype != torch.uint8:  # 16-bit sources come back as float on the 0..255 range
         pixels = pixels.round().clamp(0, 255).to(torch.uint8)
     picture = Image.fromarray(pixels.permute(1, 2, 0).contiguous().cpu().numpy(), mode="RGB")
@@ -92,12 +95,14 @@ class OneImageCaptioner:
             "user_template": self.prompting.user_template,
         }
 
-    def prepare(self, images: Sequence[str]) -> tuple[dict[str, Image.Image], dict[str, str]]:
+    def prepare(self, images: Sequence[str | bytes]) -> tuple[dict, dict[str, str]]:
         """Each loadable image resized, and the error of each other one."""
         prepared, errors = {}, {}
         for image in images:
             try:
-                prepared[image] = panorama_as_one_image(image, self.prompting.image_size)
+                prepared[image] = panorama_as_one_image(
+                    image, self.prompting.image_size, self.prompting.aspect_ratio_tolerance
+                )
             except PanoramaImageError as error:
                 errors[image] = str(error)
         return prepared, errors

@@ -17,7 +17,7 @@ import copy
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import datasets
@@ -54,9 +54,10 @@ GENERATION_KEYS = (
 @dataclass
 class CaptionGroup:
     """Rows of a table that share one panorama and one query, hence one generation. `rows` are indices into the
-    table and `references` their annotations; `image` is the resolved path."""
+    table and `references` their annotations; `image` is what `load_panorama` reads: the resolved path or URL, or
+    the bytes of an embedded image."""
 
-    image: str
+    image: str | bytes
     url: str
     query: str
     prompt_style: str
@@ -90,18 +91,49 @@ def generation_settings(config: GenerationConfig, seed: int | None = None) -> di
     return settings
 
 
-def group_rows(table: datasets.Dataset) -> list[CaptionGroup]:
+def group_rows(table: datasets.Dataset | Mapping[str, list]) -> list[CaptionGroup]:
     """Groups of rows sharing (image, query, prompt style), ordered by panorama (first appearance), then by query,
-    so that each panorama's groups are generated one after the other."""
+    so that each panorama's groups are generated one after the other.
+
+    `table` is a caption table (`processing_panovlm.data.load_caption_table`) or a batch of its rows (a dict of
+    columns, as `IterableDataset.iter` yields). Its rows must be usable (`check_rows` drops the others): a row with
+    a `problem` raises. Only one image value per distinct panorama is read, so a table of embedded images is not
+    loaded into memory whole.
+    """
+    names = ["image_id", "url", "query", "prompt_style", "annotation", "problem", "row", "source"]
+    if isinstance(table, Mapping):
+        columns = table
+    else:
+        columns = table.select_columns([name for name in names if name in table.column_names]).to_dict()
+    image_ids = columns["image_id"] if "image_id" in columns else columns["image"]
+    for index, problem in enumerate(columns.get("problem") or ()):
+        if problem:
+            raise ValueError(
+                f"row {columns['row'][index]} of {columns['source'][index]} cannot be used ({problem}): drop such "
+                "rows first (processing_panovlm.data.check_rows or prepare_caption_table)"
+            )
     groups: dict[tuple[str, str, str], CaptionGroup] = {}
-    image_order: dict[str, int] = {}
-    columns = zip(table["image"], table["url"], table["query"], table["prompt_style"], table["annotation"])
-    for index, (image, url, query, style, annotation) in enumerate(columns):
-        image_order.setdefault(image, len(image_order))
-        group = groups.setdefault((image, query, style), CaptionGroup(image, url, query, style))
+    first_row: dict[str, int] = {}
+    keys = zip(image_ids, columns["url"], columns["query"], columns["prompt_style"], columns["annotation"])
+    for index, (image_id, url, query, style, annotation) in enumerate(keys):
+        first_row.setdefault(image_id, index)
+        group = groups.setdefault((image_id, query, style), CaptionGroup(image_id, url, query, style))
         group.rows.append(index)
         group.references.append(annotation)
-    return sorted(groups.values(), key=lambda group: image_order[group.image])
+    # The loadable image of each panorama, read once: its path or URL, or the bytes of an embedded image.
+    if isinstance(table, Mapping):
+        values = [columns["image"][index] for index in first_row.values()]
+    else:
+        values = table.select(list(first_row.values()))["image"]
+    loadable = {
+        image_id: value if isinstance(value, str) else (value["bytes"] or value["path"])
+        for image_id, value in zip(first_row, values)
+    }
+    order = {image_id: position for position, image_id in enumerate(first_row)}
+    ordered = sorted(groups.values(), key=lambda group: order[group.image])
+    for group in ordered:
+        group.image = loadable[group.image]
+    return ordered
 
 
 def override_prompts(
@@ -203,7 +235,7 @@ class PanoramaCaptioner:
             "user_template": self.processor.user_template,
         }
 
-    def prepare(self, images: Sequence[str]) -> tuple[dict, dict]:
+    def prepare(self, images: Sequence[str | bytes]) -> tuple[dict, dict]:
         return encode_panoramas(self.model, self.processor, images)
 
     def generate(

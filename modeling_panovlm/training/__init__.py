@@ -2,7 +2,7 @@
 VICReg loss, LoRA on the language model, the stage runner (CLI / run files) and training-curve plots."""
 
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config, lm_lora_target_regex
-from .losses import VICRegWeights, overlap_pairs, overlap_vicreg_loss
+from .losses import VICREG_MODES, VICRegWeights, overlap_pairs, overlap_vicreg_loss
 from .stages import (
     STAGES,
     PanoVLMStageCallback,
@@ -17,6 +17,7 @@ from .trainer import PanoVLMTrainer
 __all__ = [
     "DEFAULT_LORA_MODULES",
     "STAGES",
+    "VICREG_MODES",
     "PanoVLMStageCallback",
     "PanoVLMTrainer",
     "StageSpec",

@@ -19,21 +19,22 @@ import datasets
 import torch
 import yaml
 from peft import get_peft_model
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
+from torch.distributed.tensor import DTensor
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments, set_seed
 
 from modeling_panovlm.hub.cards import write_adapter_card
-from processing_panovlm.data.augmentation import PanoramaAugmentation
-from processing_panovlm.data.captions import (
-    EMPTY_ANNOTATION,
-    RowProblem,
-    load_caption_table,
-    scan_images,
-    write_data_report,
+from processing_panovlm.data import (
+    DataArguments,
+    ProblemLog,
+    finish_streaming_report,
+    prepare_caption_table,
+    stream_caption_table,
 )
+from processing_panovlm.data.augmentation import PanoramaAugmentation
 from processing_panovlm.data.collator import PanoVLMDataCollator
 
 from .lora import DEFAULT_LORA_MODULES, lm_lora_config
-from .losses import VICRegWeights
+from .losses import VICREG_MODES, VICRegWeights
 from .plots import plot_training_curves
 from .stages import STAGES, PanoVLMStageCallback
 from .trainer import PanoVLMTrainer
@@ -57,9 +58,9 @@ class StageOptions:
 
     stage: str
     model: str
-    train_csv: str
+    train_csv: str | list[str]  # any source processing_panovlm.data.load_caption_table reads; a list is concatenated
     output_dir: str
-    eval_csv: str | None = None
+    eval_csv: str | list[str] | None = None
     max_steps: int = -1
     num_train_epochs: float = 1.0
     learning_rate: float = 1e-4
@@ -81,6 +82,7 @@ class StageOptions:
     vicreg_invariance: float = 25.0
     vicreg_variance: float = 25.0
     vicreg_covariance: float = 1.0
+    vicreg_mode: str = "pairwise"  # or "batchwise" (see modeling_panovlm.training.losses)
     # finetune stage
     lora_r: int = 32
     lora_alpha: int = 64
@@ -110,6 +112,8 @@ class StageOptions:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {self.stage!r}")
+        if self.vicreg_mode not in VICREG_MODES:
+            raise ValueError(f"vicreg_mode must be one of {list(VICREG_MODES)}, got {self.vicreg_mode!r}")
         # Checked here, because a wrongly typed value (a YAML string where a number belongs) would otherwise fail
         # deep inside TrainingArguments or, worse, be compared as a string.
         for name, kind in typing.get_type_hints(StageOptions).items():
@@ -122,26 +126,41 @@ class StageOptions:
                 raise TypeError(f"option {name!r} must be {expected}, got {type(value).__name__} {value!r}")
 
 
-def prepare_table(csv: str, output_dir: Path, split: str, needs_text: bool, augment: bool) -> datasets.Dataset:
-    """Read a caption table, drop (and report) unusable rows, and mark whether its rows may be augmented."""
-    table = load_caption_table(csv)
-    total = len(table)
-    problems: list[RowProblem] = []
-    if needs_text:
-        empty = [(r, u) for r, u, a in zip(table["row"], table["url"], table["annotation"]) if not a.strip()]
-        problems += [RowProblem(row, url, EMPTY_ANNOTATION, "no caption to learn from") for row, url in empty]
-        table = table.filter(lambda text: [bool(t.strip()) for t in text], input_columns="annotation", batched=True)
-    table, image_problems = scan_images(table)
-    problems = sorted(problems + image_problems, key=lambda problem: problem.row)
-    report = write_data_report(output_dir, split, total, problems)
+# ---- data (processing_panovlm.data) -------------------------------------------------------------------------------
+def _mark_augment(row: dict, augment: bool) -> dict:
+    return {"augment": augment}
+
+
+def prepare_table(
+    csv, output_dir: Path, split: str, needs_text: bool, augment: bool, data_args: DataArguments | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Read a caption table (any source `load_caption_table` reads, as `data_args` says), drop (and report in
+    `<split>_data_report.json`) unusable rows, and mark whether its rows may be augmented. `split` is `"train"` or
+    `"eval"` (read from `data_args.train_split` / `eval_split` where the source has splits).
+
+    With `data_args.streaming` the table is a stream whose rows are checked as they pass (by every DataLoader
+    worker); `finish_streaming_report` writes its report once training is over.
+    """
+    data_args = data_args or DataArguments()
+    table_split = data_args.train_split if split == "train" else data_args.eval_split
+    if data_args.streaming:
+        # Every rank resets its log before any rank reads data (the model is wrapped, a collective, in between).
+        log = ProblemLog(output_dir, split)
+        log.reset()
+        stream = stream_caption_table(csv, data_args, recorder=log, split=table_split, needs_text=needs_text)
+        return stream.map(_mark_augment, fn_kwargs={"augment": augment})
+    prepared = prepare_caption_table(csv, data_args, split=table_split, needs_text=needs_text)
+    report = prepared.write_report(output_dir, split)
+    table = prepared.rows
     if len(table) == 0:
         raise ValueError(f"{csv}: no usable rows left (see {report})")
-    logger.info("%s: %d of %d rows usable (report: %s)", split, len(table), total, report)
+    logger.info("%s: %d of %d rows usable (report: %s)", split, len(table), prepared.rows_read, report)
     return table.add_column("augment", [augment] * len(table))
+# ---- end of data ---------------------------------------------------------------------------------------------------
 
 
-def run_stage(options: StageOptions) -> Path:
-    """Train one stage and write its output directory; returns it."""
+def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> Path:
+    """Train one stage and write its output directory; returns it. `data_args` says how the tables are read."""
     spec = STAGES[options.stage]
     output_dir = Path(options.output_dir)
     # A local directory is loaded by its absolute path: PEFT records the base's path as the adapter's
@@ -157,12 +176,20 @@ def run_stage(options: StageOptions) -> Path:
         )
     model = AutoModelForImageTextToText.from_pretrained(source)
     needs_text = spec.loss == "lm"
-    train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment)
-    evaluation = prepare_table(options.eval_csv, output_dir, "eval", needs_text, False) if options.eval_csv else None
+    data_args = data_args or DataArguments()
+    if data_args.streaming and options.max_steps <= 0:
+        raise ValueError(f"a streamed table has no length: set max_steps > 0 (got {options.max_steps})")
+    train = prepare_table(options.train_csv, output_dir, "train", needs_text, options.augment, data_args)
+    evaluation = (
+        prepare_table(options.eval_csv, output_dir, "eval", needs_text, False, data_args) if options.eval_csv else None
+    )
     if spec.lora:
         lora = lm_lora_config(
             options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
         )
+        # The adapters' random initialisation must be the same in every process (FSDP2, unlike DDP, does not
+        # broadcast rank 0's weights) and the same from run to run.
+        set_seed(options.seed)
         model = get_peft_model(model, lora)
 
     augmentation = None
@@ -222,27 +249,35 @@ def run_stage(options: StageOptions) -> Path:
         callbacks=[PanoVLMStageCallback(spec, options.vision_trainable_blocks, collator)],
         stage=spec,
         vicreg_weights=VICRegWeights(options.vicreg_invariance, options.vicreg_variance, options.vicreg_covariance),
+        vicreg_mode=options.vicreg_mode,
         module_learning_rates=options.module_learning_rates,
     )
     trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
     _check_ranks_in_sync(trainer)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
+        if data_args.streaming:  # every reader of the streams is done: their data reports
+            finish_streaming_report(output_dir)
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
             write_adapter_card(output_dir, training_data=options.train_csv)
+    # No process returns before the output is complete: the next stage of a run file starts from it.
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
 def _check_ranks_in_sync(trainer: PanoVLMTrainer) -> None:
-    """Under distributed training, verify that every rank ends with the same trainable weights."""
+    """Under data parallelism, verify that every rank ends with the same trainable weights. FSDP shards (DTensors)
+    have a single owner each, so only replicated tensors are compared."""
     accelerator = trainer.accelerator
     if accelerator.num_processes == 1:
         return
-    fingerprint = torch.stack(
-        [p.detach().double().sum() for p in trainer.model.parameters() if p.requires_grad]
-    ).to(accelerator.device)
+    replicated = [p for p in trainer.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if not replicated:
+        logger.info("every trainable tensor is sharded across the %d ranks: nothing replicated to compare", accelerator.num_processes)
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in replicated]).to(accelerator.device)
     gathered = accelerator.gather(fingerprint[None])
     if not torch.equal(gathered.min(0).values, gathered.max(0).values):
         raise RuntimeError(f"trainable weights differ across the {accelerator.num_processes} ranks")

@@ -16,11 +16,13 @@ after attaching them, so they never trained; here the finetune stage checks that
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -98,6 +100,26 @@ def apply_stage(model: nn.Module, spec: StageSpec, vision_trainable_blocks: int 
     return dict(counts)
 
 
+def log_sharding(model: nn.Module) -> None:
+    """Under FSDP2, log the sharded units (by class) and the share of the parameters this process holds."""
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    if not units:
+        return
+    # FSDP2 swaps each unit's class for `FSDP<Class>`; name the original class.
+    names = Counter(next(c for c in type(u).__mro__ if not issubclass(c, FSDPModule)).__name__ for u in units)
+    held = total = held_trainable = total_trainable = 0
+    for parameter in model.parameters():
+        local = parameter.to_local().numel() if isinstance(parameter, DTensor) else parameter.numel()
+        held, total = held + local, total + parameter.numel()
+        if parameter.requires_grad:
+            held_trainable, total_trainable = held_trainable + local, total_trainable + parameter.numel()
+    logger.info("FSDP2 units: %s", ", ".join(f"{name} x{count}" for name, count in sorted(names.items())))
+    logger.info(
+        "this process holds %s of %s parameters (%s of %s trainable)",
+        f"{held:,}", f"{total:,}", f"{held_trainable:,}", f"{total_trainable:,}",
+    )
+
+
 class PanoVLMStageCallback(TrainerCallback):
     """Applies a stage before the optimizer exists and guards the run (see the module docstring).
 
@@ -123,6 +145,7 @@ class PanoVLMStageCallback(TrainerCallback):
         if args.deepspeed:
             logger.info("DeepSpeed partitions the optimizer's tensors; the optimizer/stage check is skipped")
             return
+        log_sharding(model)
         names = {id(p): name for name, p in model.named_parameters()}
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         trainable = {id(p) for p in model.parameters() if p.requires_grad}

@@ -1,19 +1,29 @@
-"""`PanoVLMTrainer`: `Trainer` with the vision stage's overlap VICReg loss and per-module learning rates."""
+"""`PanoVLMTrainer`: `Trainer` with the vision stage's overlap VICReg loss, per-module learning rates, and what
+data-parallel and sharded (FSDP2) runs need on top of accelerate: FSDP2 over CPU processes and one ordinary
+checkpoint (tied weights saved once) from a gathered state dict."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import defaultdict
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 from torch import nn
 from transformers import Trainer
+from transformers.trainer import FSDP_MODEL_NAME
 
-from .losses import VICRegWeights, overlap_vicreg_loss
+from .losses import VICREG_MODES, VICRegWeights, gather_across_processes, overlap_vicreg_loss
 from .stages import StageSpec, base_model, base_parameter_name
 
 
+logger = logging.getLogger(__name__)
+
 # Tensors that are not weight matrices get no weight decay (mamba-ssm also exempts A_log and D).
 _NO_DECAY = ("bias", "norm", "A_log", ".D", "latents", "query_tokens")
+PEFT_PREFIX = "base_model.model."
 
 
 class PanoVLMTrainer(Trainer):
@@ -22,8 +32,13 @@ class PanoVLMTrainer(Trainer):
     Args:
         stage: the `StageSpec` being trained.
         vicreg_weights: weights of the VICReg terms (vision stage).
+        vicreg_mode: `"pairwise"` or `"batchwise"` statistics (see `overlap_vicreg_loss`). Under data parallelism
+            `batchwise` pools the tokens of every process, so it sees the global batch as one process would.
         module_learning_rates: `{module path prefix: lr}` (relative to `PanoVLMForConditionalGeneration`, e.g.
             `{"model.vicreg_projector": 1e-3}`); other trainable tensors use `args.learning_rate`.
+
+    `fsdp=True` with `fsdp_config={"version": 2}` shards through accelerate on GPUs and, over gloo, on CPU
+    processes too (see `_enable_fsdp2_on_cpu`).
     """
 
     def __init__(
@@ -31,24 +46,83 @@ class PanoVLMTrainer(Trainer):
         *args,
         stage: StageSpec,
         vicreg_weights: VICRegWeights | None = None,
+        vicreg_mode: str = "pairwise",
         module_learning_rates: dict[str, float] | None = None,
         **kwargs,
     ):
+        if vicreg_mode not in VICREG_MODES:
+            raise ValueError(f"vicreg_mode must be one of {list(VICREG_MODES)}, got {vicreg_mode!r}")
         self.stage = stage
         self.vicreg_weights = vicreg_weights or VICRegWeights()
+        self.vicreg_mode = vicreg_mode
         self.module_learning_rates = dict(module_learning_rates or {})
         self._vicreg_terms: dict[str, list[float]] = defaultdict(list)
         super().__init__(*args, **kwargs)
+        if self._gathers_vicreg_tokens and not self.accelerator.even_batches:
+            # Every process must contribute a batch of the same shape to the gathered statistics.
+            raise ValueError("vicreg_mode='batchwise' over several processes needs accelerator_config even_batches=True")
 
+    @property
+    def _gathers_vicreg_tokens(self) -> bool:
+        return self.stage.loss == "overlap_vicreg" and self.vicreg_mode == "batchwise" and self.accelerator.num_processes > 1
+
+    # ---- distributed set-up ----------------------------------------------------------------------------------------
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        # FSDP is asked for in TrainingArguments or by `accelerate launch --use_fsdp` (environment).
+        if not self.is_fsdp_enabled and (self.args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP")):
+            self._enable_fsdp2_on_cpu()
+
+    def _enable_fsdp2_on_cpu(self) -> None:
+        """accelerate enables its FSDP plugin only on accelerator devices: CPU processes asking for FSDP silently
+        get DDP instead. FSDP2 itself runs on CPU over gloo, so record the state accelerate records when it enables
+        FSDP on GPUs, and the Trainer takes accelerate's own FSDP2 path (sharding, optimizer, gathered state dict on
+        save, checkpoints and resume)."""
+        state = self.accelerator.state
+        from_args = bool(self.args.fsdp)
+        version = self.args.fsdp_plugin_args["fsdp_version"] if from_args else int(os.environ.get("FSDP_VERSION", "1"))
+        if state.distributed_type != DistributedType.MULTI_CPU or version != 2:
+            raise ValueError(
+                f"FSDP version {version} was requested, but accelerate set up {state.distributed_type.value} without "
+                "it: FSDP needs several processes (torchrun, or accelerate launch --multi_gpu --num_processes N), "
+                "and on CPU fsdp_config {'version': 2} (accelerate launch --fsdp_version 2)"
+            )
+        # As accelerate builds it: from the arguments, or from the launcher's environment.
+        plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args) if from_args else FullyShardedDataParallelPlugin()
+        # The checks `Trainer` makes when accelerate enables FSDP.
+        if plugin.activation_checkpointing and self.args.activation_checkpointing:
+            raise ValueError(
+                "fsdp_config['activation_checkpointing'] and activation_checkpointing (--gradient-checkpointing) "
+                "cannot both be set: use one of them"
+            )
+        if self.args.save_only_model and (self.args.load_best_model_at_end or "SHARDED" in str(plugin.state_dict_type)):
+            raise ValueError("FSDP supports save_only_model neither with load_best_model_at_end nor with sharded state dicts")
+        if state.mixed_precision != "no":
+            plugin.set_mixed_precision(state.mixed_precision)
+        state.fsdp_plugin = plugin
+        # Like accelerate's own FSDP set-up, the process state follows the accelerator state (both are re-read
+        # whenever accelerate builds an `AcceleratorState`).
+        state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+        logger.info("FSDP2 over %d CPU processes (gloo)", state.num_processes)
+
+    # ---- vision stage loss -----------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.stage.loss != "overlap_vicreg":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Through the (possibly DDP-wrapped) model's forward, so distributed gradient hooks see the computation; the
+        # Through the (possibly DDP / FSDP wrapped) model's forward, so the distributed hooks see the computation; the
         # layout comes from the unwrapped model, which a distributed wrapper does not expose.
         views = {k: v for k, v in inputs.items() if k == "pixel_values" or k.startswith("view_")}
         outputs = model(**views, output_view_embeddings=True)
         layout = base_model(self.model).config.view_layout
-        loss, terms = overlap_vicreg_loss(outputs.view_embeddings, layout, self.vicreg_weights)
+        loss, terms = overlap_vicreg_loss(
+            outputs.view_embeddings,
+            layout,
+            self.vicreg_weights,
+            self.vicreg_mode,
+            gather=gather_across_processes if self._gathers_vicreg_tokens else None,
+        )
         if model.training:  # evaluation batches must not leak into the logged training terms
             for name, value in terms.items():
                 self._vicreg_terms[name].append(value.item())
@@ -65,12 +139,16 @@ class PanoVLMTrainer(Trainer):
         return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # Every process logs the training loss at the same steps; like the loss, the terms are averaged over them.
         if self._vicreg_terms and "loss" in logs:
-            for name, values in self._vicreg_terms.items():
-                logs[f"vicreg_{name}"] = sum(values) / len(values)
+            means = torch.tensor([sum(v) / len(v) for v in self._vicreg_terms.values()], device=self.accelerator.device)
+            means = self.accelerator.reduce(means, reduction="mean")
+            for name, value in zip(self._vicreg_terms, means.tolist()):
+                logs[f"vicreg_{name}"] = value
             self._vicreg_terms.clear()
         super().log(logs, *args, **kwargs)
 
+    # ---- optimizer -------------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
             return self.optimizer
@@ -94,6 +172,50 @@ class PanoVLMTrainer(Trainer):
         param_groups = [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # `Trainer` refuses an FSDP checkpoint without FSDP; the other way round it fails on a missing file.
+        if self.is_fsdp_enabled and os.path.isdir(resume_from_checkpoint) and not any(
+            name.startswith(FSDP_MODEL_NAME) for name in os.listdir(resume_from_checkpoint)
+        ):
+            raise ValueError(
+                f"{resume_from_checkpoint} was written without FSDP (it has no {FSDP_MODEL_NAME}.bin): resume it "
+                "without FSDP, or start a new FSDP run from its weights"
+            )
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    # ---- saving ----------------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        sharded = self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+        if not sharded:
+            super().save_model(output_dir, _internal_call)
+            return
+        # With a sharded state dict type `Trainer` writes no weights at all (checkpoints keep only the sharded files
+        # for resuming): stage outputs and checkpoints are ordinary directories, so gather the full state dict.
+        self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        if state_dict:
+            state_dict = self._alias_tied_weights(state_dict)
+        super()._save(output_dir, state_dict)
+
+    def _alias_tied_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A gathered state dict (FSDP, DeepSpeed) holds tied weights as separate copies, which `save_pretrained`
+        would write twice (it finds ties by shared storage): point each tied entry back at its source."""
+        model = self.accelerator.unwrap_model(self.model)
+        prefix = PEFT_PREFIX if base_model(model) is not model else ""
+        state_dict = dict(state_dict)
+        for target, source in base_model(model).all_tied_weights_keys.items():
+            target, source = prefix + target, prefix + source
+            if target not in state_dict or source not in state_dict:
+                continue
+            if not torch.equal(state_dict[target], state_dict[source]):
+                raise RuntimeError(f"{target} is tied to {source} in the model, but the gathered state dict differs")
+            state_dict[target] = state_dict[source]
+        return state_dict
 
 
 __all__ = ["PanoVLMTrainer"]

@@ -1,10 +1,11 @@
-"""Panorama captioning data in the QuIC-360 format, and the prompts built from it.
+"""Panorama captioning data: reading a caption table from any source `datasets` reads.
 
-A table is a CSV or TSV with columns `url,query,annotation` (QuIC-360) or `url,instruction,response` (CORA's
-variant). `url` is a local path (absolute, or relative to the table's folder) or an http(s) URL. Tables are read
-with `datasets`, every value kept verbatim as a string (a reference that reads "nan" stays "nan"). Images are not
-decoded here: `scan_images` checks each distinct image once and reports every row it cannot use, with the reason;
-nothing is dropped silently.
+`load_caption_table(source, data_args)` reads a table (QuIC-360's `url,query,annotation` by default, CORA's
+`url,instruction,response` recognised, other column names mapped by `DataArguments`) from a local file of any common
+format, a glob, a list of sources (concatenated), a `data_files` dict, a `save_to_disk` folder or a Hub dataset,
+and gives it the caption table's columns (`columns.caption_features`). Images are not decoded here; `check_rows`
+and `scan_images` (`checks`) report every row that cannot be used, with its reason, and `prepare_caption_table` /
+`stream_caption_table` (`preparation`) run both; nothing is dropped silently.
 
 Training and evaluation build prompts with the same `PanoVLMProcessor.build_messages` and chat template (the prompt
 format saved with the processor), so the image placeholder and the wording are identical in both.
@@ -12,140 +13,70 @@ format saved with the processor), so the image placeholder and the wording are i
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import datasets
 
-from processing_panovlm.image_loading import REASONS as IMAGE_REASONS
-from processing_panovlm.image_loading import PanoramaImageError, is_remote, probe_panorama
+from .arguments import DataArguments
+from .checks import check_rows, scan_images
+from .columns import caption_features, normalise
+from .problems import EMPTY_ANNOTATION, EMPTY_QUERY, REASONS, RowProblem, write_data_report
+from .sources import Source, read_source
 
 
 logger = logging.getLogger(__name__)
 
 
-_COLUMN_SETS = {("url", "query", "annotation"): "query", ("url", "instruction", "response"): "instruction"}
+def _concatenate(tables: list) -> datasets.Dataset | datasets.IterableDataset:
+    if len(tables) == 1:
+        return tables[0]
+    if len({isinstance(table.features["image"], datasets.Image) for table in tables}) > 1:
+        # Tables of paths next to tables holding images: a path becomes an image value naming that path.
+        tables = [table.cast(caption_features(embedded_images=True)) for table in tables]
+    return datasets.concatenate_datasets(tables)
 
 
-@dataclass(frozen=True)
-class RowProblem:
-    """A table row that cannot be used: its 1-based data row number, its `url` as written, the kind of problem
-    (`reason`, one of `REASONS`) and the specific message (`detail`)."""
+def load_caption_table(
+    source: Source, data_args: DataArguments | None = None, *, split: str | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Read a caption table, with the caption-table columns whatever its source.
 
-    row: int
-    url: str
-    reason: str
-    detail: str
+    Args:
+        source: a local file (CSV, TSV, JSON, JSON Lines, Parquet, Arrow, WebDataset `.tar`), a glob, a list of
+            sources (concatenated in order), a `data_files` dict, a `save_to_disk` folder, a folder laid out like a
+            Hub dataset, or a Hub dataset id.
+        data_args: column names, Hub configuration / revision, streaming and processes (defaults: QuIC-360 columns,
+            no streaming).
+        split: the split to read from a `data_files` dict, a saved `DatasetDict` or a Hub dataset (default
+            `data_args.train_split`); a file, glob or list of files is one table whatever the split.
 
-
-EMPTY_ANNOTATION = "empty annotation"
-REASONS = (*IMAGE_REASONS, EMPTY_ANNOTATION)
-
-
-def load_caption_table(path: str | os.PathLike) -> datasets.Dataset:
-    """Read a QuIC-360-style table.
-
-    Returns a `datasets.Dataset` with string columns `url` (as written), `image` (absolute path or URL),
-    `query`, `annotation`, `prompt_style` (`"query"`: `query` is a keyword to wrap in the user template;
-    `"instruction"`: the `instruction` column, used verbatim as the user turn) and int `row` (1-based data row).
-    The `url,instruction,response` variant is renamed to `query` / `annotation`.
+    Returns:
+        A `datasets.Dataset` (an `IterableDataset` with `data_args.streaming`) with string columns `url` (the image
+        as written), `query`, `annotation`, `prompt_style` (`"query"`: wrap the query in the user template;
+        `"instruction"`: the query is the user turn, verbatim), `image` (what `load_panorama` reads: an absolute
+        path or URL, or a `datasets.Image(decode=False)` value for embedded images), `image_id`, `source`, int
+        `row` (1-based data row in `source`) and `problem` / `problem_detail` (empty for a usable row; see
+        `check_rows`). Values are kept verbatim: a reference that reads "nan" stays "nan".
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption table {path} does not exist")
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        columns = tuple(next(reader, ()))
-        has_rows = next(reader, None) is not None
-    style = next((s for cols, s in _COLUMN_SETS.items() if set(cols) <= set(columns)), None)
-    if style is None:
-        raise ValueError(
-            f"{path}: expected columns url,query,annotation or url,instruction,response, found {list(columns)}"
-        )
-    if not has_rows:
-        raise ValueError(f"{path} has a header but no rows")
-    # Every column is read as text, verbatim: no NaN conversion, no numeric inference.
-    features = datasets.Features({column: datasets.Value("string") for column in columns})
-    table = datasets.Dataset.from_csv(
-        str(path), delimiter=delimiter, keep_default_na=False, na_filter=False, features=features
+    data_args = data_args or DataArguments()
+    raw = read_source(
+        source,
+        split or data_args.train_split,
+        data_args.dataset_config,
+        data_args.revision,
+        data_args.streaming,
+        data_args.num_proc,
     )
-    if style == "instruction":
-        table = table.rename_columns({"instruction": "query", "response": "annotation"})
-    table = table.select_columns(["url", "query", "annotation"])
-    base = path.resolve().parent
-
-    def resolve(batch: dict, indices: list[int]) -> dict:
-        return {
-            "image": [url if is_remote(url) else str(base / url) for url in batch["url"]],
-            "prompt_style": [style] * len(indices),
-            "row": [index + 1 for index in indices],
-        }
-
-    return table.map(resolve, batched=True, with_indices=True)
-
-
-def _check_image(location: str, aspect_ratio_tolerance: float) -> tuple[str, str] | None:
-    """None if the image at `location` (a path or an http(s) URL) would load as a 2:1 panorama, else (reason,
-    detail): `probe_panorama` refuses exactly what `load_panorama` would."""
-    try:
-        probe_panorama(location, aspect_ratio_tolerance)
-    except PanoramaImageError as error:
-        return error.reason, str(error)
-    return None
-
-
-def scan_images(
-    table: datasets.Dataset, aspect_ratio_tolerance: float = 0.01, num_threads: int = 4
-) -> tuple[datasets.Dataset, list[RowProblem]]:
-    """Check every distinct local image of `table` once; return the usable rows and a problem per dropped row.
-
-    A row is dropped when its image is missing, not an image, truncated/corrupt, a decompression bomb, not 2:1 (after
-    EXIF orientation), of an unsupported format or, for http(s) rows, cannot be fetched; the detail names the file or
-    URL and the report the row.
-    """
-    locations = sorted(set(table["image"]))
-    with ThreadPoolExecutor(max_workers=num_threads) as pool:
-        reasons = dict(zip(locations, pool.map(lambda loc: _check_image(loc, aspect_ratio_tolerance), locations)))
-    problems = [
-        RowProblem(row, url, *reasons[image])
-        for row, url, image in zip(table["row"], table["url"], table["image"])
-        if reasons[image] is not None
-    ]
-    if problems:
-        bad_rows = {problem.row for problem in problems}
-        table = table.filter(lambda rows: [row not in bad_rows for row in rows], input_columns="row", batched=True)
-        logger.warning("%d of %d rows dropped: their images cannot be used", len(problems), len(problems) + len(table))
-    return table, problems
-
-
-def write_data_report(output_dir: str | os.PathLike, name: str, total_rows: int, problems: list[RowProblem]) -> Path:
-    """Write `<output_dir>/<name>_data_report.json`: rows read, kept, dropped, the count per reason and every
-    dropped row. Returns the file's path."""
-    counts: dict[str, int] = {}
-    for problem in problems:
-        counts[problem.reason] = counts.get(problem.reason, 0) + 1
-    report = {
-        "rows": total_rows,
-        "kept": total_rows - len(problems),
-        "dropped": len(problems),
-        "dropped_by_reason": counts,
-        "dropped_rows": [asdict(problem) for problem in problems],
-    }
-    path = Path(output_dir) / f"{name}_data_report.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    return path
+    return _concatenate([normalise(table, data_args) for table in raw])
 
 
 __all__ = [
+    "DataArguments",
+    "EMPTY_ANNOTATION",
+    "EMPTY_QUERY",
     "REASONS",
     "RowProblem",
+    "check_rows",
     "load_caption_table",
     "scan_images",
     "write_data_report",

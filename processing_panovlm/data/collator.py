@@ -1,7 +1,8 @@
 """Batches for training: caption-table rows -> `pixel_values`, chat-formatted `input_ids`, `labels`.
 
-Each row (`image`, `query`, `annotation`, `prompt_style`, `row`, as `caption_data.load_caption_table` gives) becomes
-the chat `[user(image + text), assistant(annotation)]` of `PanoVLMProcessor.build_messages`, rendered by the
+Each row (`image`, `query`, `annotation`, `prompt_style`, `row`, as `processing_panovlm.data.load_caption_table`
+gives; `image` a path, URL or embedded `datasets.Image` value, read by `load_panorama`) becomes the chat
+`[user(image + text), assistant(annotation)]` of `PanoVLMProcessor.build_messages`, rendered by the
 processor's chat template (which adds the saved system prompt and user template). The prompt part (everything up to and including
 the generation prompt, with the image placeholder expanded) is tokenised exactly as at generation time and masked
 out of the labels; the answer part (annotation + end of turn) is the target. Batches are padded on the right;

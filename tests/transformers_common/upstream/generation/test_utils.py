@@ -37,15 +37,23 @@ class GenerationTesterMixin:
         extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
         with torch.no_grad():
             for _ in range(new_tokens):
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
-                token = logits[:, -1].argmax(-1, keepdim=True)
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits[:, -1]
+                logits[:, model.config.image_token_id] = -torch.inf  # as `suppress_tokens` does in `_generate`
+                token = logits.argmax(-1, keepdim=True)
                 ids = torch.cat([ids, token], dim=1)
                 if mask is not None:
                     mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         return ids
 
     def _generate(self, model, inputs: dict, **kwargs) -> torch.Tensor:
-        settings = {"max_new_tokens": MAX_NEW_TOKENS, "min_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
+        # A random model may emit the image placeholder, which the next full forward (the reference) would then count
+        # as an image token: suppressed in every mode.
+        settings = {
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "min_new_tokens": MAX_NEW_TOKENS,
+            "do_sample": False,
+            "suppress_tokens": [model.config.image_token_id],
+        }
         with torch.no_grad():
             return model.generate(**inputs, **{**settings, **kwargs})
 
@@ -105,7 +113,12 @@ class GenerationTesterMixin:
         for model, inputs in self._generative_models():
             with torch.no_grad():
                 first = model.generate(
-                    **inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, return_dict_in_generate=True
+                    **inputs,
+                    max_new_tokens=2,
+                    min_new_tokens=2,
+                    do_sample=False,
+                    return_dict_in_generate=True,
+                    suppress_tokens=[model.config.image_token_id],
                 )
                 cache = first.cache
                 mask = torch.ones_like(first.sequences) if "attention_mask" in inputs else None
@@ -116,6 +129,7 @@ class GenerationTesterMixin:
                     max_new_tokens=MAX_NEW_TOKENS - 2,
                     min_new_tokens=MAX_NEW_TOKENS - 2,
                     do_sample=False,
+                    suppress_tokens=[model.config.image_token_id],
                 )
             self.assertTrue(torch.equal(resumed, self._greedy_reference(model, inputs)))
 
@@ -126,13 +140,7 @@ class GenerationTesterMixin:
                 embeds = model.get_input_embeddings()(inputs["input_ids"])
                 mask = (inputs["input_ids"] == model.config.image_token_id).unsqueeze(-1)
                 embeds = embeds.masked_scatter(mask, features.reshape(-1, features.shape[-1]))
-                new = model.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=inputs.get("attention_mask"),
-                    max_new_tokens=MAX_NEW_TOKENS,
-                    min_new_tokens=MAX_NEW_TOKENS,
-                    do_sample=False,
-                )
+                new = self._generate(model, {"inputs_embeds": embeds, "attention_mask": inputs.get("attention_mask")})
             reference = self._greedy_reference(model, inputs)[:, inputs["input_ids"].shape[1] :]
             self.assertTrue(torch.equal(new, reference))
 
@@ -147,6 +155,7 @@ class GenerationTesterMixin:
                     return_dict_in_generate=True,
                     output_scores=True,
                     output_logits=True,
+                    suppress_tokens=[model.config.image_token_id],
                 )
             vocab = model.config.text_config.vocab_size
             self.assertEqual(len(out.scores), MAX_NEW_TOKENS)
