@@ -52,7 +52,7 @@ def build(root: Path, layers: int) -> tuple[Path, Path]:
     from configuration_panovlm.configuration_panovlm import PanoVLMConfig
     from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
     from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
-    from modeling_panovlm.testing.tiny_checkpoint import TINY_IMAGE_MEAN, TINY_IMAGE_STD, tiny_config
+    from modeling_panovlm.testing.tiny_checkpoint import tiny_config
     from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
     from processing_panovlm.processing_panovlm import PanoVLMProcessor
 
@@ -65,7 +65,7 @@ def build(root: Path, layers: int) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = PanoVLMForConditionalGeneration(config)
     model.save_pretrained(root / "model")
-    PanoVLMProcessor.from_model_config(config, tokenizer, image_mean=TINY_IMAGE_MEAN, image_std=TINY_IMAGE_STD).save_pretrained(
+    PanoVLMProcessor.from_model_config(config, tokenizer).save_pretrained(
         root / "model"
     )
     train, _ = write_synthetic_dataset(root / "data", num=4, height=64, test_fraction=0.25, num_objects=1)

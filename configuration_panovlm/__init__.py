@@ -6,11 +6,9 @@ and processor, `import modeling_panovlm` adds the models (and imports the other 
 
 from transformers import AutoConfig
 
-from .configuration_panovlm import (
-    SUPPORTED_VISION_MODEL_TYPES,
-    PanoVLMConfig,
-    PanoVLMResamplerConfig,
-)
+from .configuration_panovlm import PanoVLMConfig, PanoVLMResamplerConfig
+from .resampler_registry import RESAMPLER_SPECS, ResamplerSpec
+from .towers import SUPPORTED_VISION_MODEL_TYPES, TOWER_NORMALISATION
 from .view_layout import (
     CROP_STRATEGIES,
     STITCHING_MODES,
@@ -26,6 +24,9 @@ AutoConfig.register(PanoVLMResamplerConfig.model_type, PanoVLMResamplerConfig, e
 
 __all__ = [
     "CROP_STRATEGIES",
+    "RESAMPLER_SPECS",
+    "TOWER_NORMALISATION",
+    "ResamplerSpec",
     "STITCHING_MODES",
     "SUPPORTED_VISION_MODEL_TYPES",
     "PanoVLMConfig",

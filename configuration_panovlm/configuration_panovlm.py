@@ -8,98 +8,22 @@ never later as a shape mismatch.
 
 
 import dataclasses
-import difflib
 import math
 from types import MappingProxyType
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, LlavaConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .config_keys import check_kwargs, complete_saved_config
+from .resampler_registry import ResamplerSpec, resampler_spec
+from .towers import _VISION_PREFIX_TOKENS, SIGLIP_NORMALISATION, SUPPORTED_VISION_MODEL_TYPES, TOWER_NORMALISATION
 from .view_layout import ViewLayout, build_view_layout, infer_token_grid
 
 
-# Keyword arguments that `PreTrainedConfig.__post_init__` consumes or that `from_pretrained` passes along; every
-# other key that is not a declared field is an error.
-_BASE_CONFIG_KWARGS = frozenset(
-    {
-        "model_type",
-        "name_or_path",
-        "_name_or_path",
-        "_commit_hash",
-        "torch_dtype",
-        "attn_implementation",
-        "experts_implementation",
-        "output_attentions",
-        "num_labels",
-        "auto_map",
-    }
-)
-
-# Vision towers we support, with the number of non-patch tokens at the start of `last_hidden_state`
-# (CLS, registers) that are dropped so that each view's tokens form a (rows, columns) grid.
-_VISION_PREFIX_TOKENS = {
-    "siglip_vision_model": lambda c: 0,
-    "siglip2_vision_model": lambda c: 0,
-    "clip_vision_model": lambda c: 1,
-    "dinov2": lambda c: 1,
-    "dinov2_with_registers": lambda c: 1 + c.num_register_tokens,
-}
-SUPPORTED_VISION_MODEL_TYPES = tuple(_VISION_PREFIX_TOKENS)
-
-_FLOAT_FIELDS = {
-    "PanoVLMResamplerConfig": ("expand", "dropout", "dt_min", "dt_max", "dt_init_floor", "layer_norm_eps"),
-    "PanoVLMConfig": ("fov_deg", "overlap_ratio", "pe_temperature", "initializer_range"),
-}
-
-
-def _words(name: str) -> set[str]:
-    return set(name.strip("_").split("_"))
-
-
-def _suggestion(key: str, fields: list[str]) -> str | None:
-    """The own field `key` looks like a misspelling of: a close match, or a field whose words include all of
-    `key`'s (`fov` -> `fov_deg`, `overlap` -> `overlap_ratio`, `vicreg_dim` -> `vicreg_projector_dim`)."""
-    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
-    if close:
-        return close[0]
-    return next((field for field in fields if field != key and _words(key) <= _words(field)), None)
-
-
-def _known_to_transformers(config: PreTrainedConfig, key: str) -> bool:
-    """Whether transformers itself names a config attribute `key`: on the base class, the towers' config classes or
-    LLaVA's (the reference composite VLM), which is what its tests, quantizers and tooling write onto configs."""
-    classes = [PreTrainedConfig, LlavaConfig]
-    classes += [type(sub) for sub in (getattr(config, "vision_config", None), getattr(config, "text_config", None)) if sub]
-    return any(
-        key in vars(cls) or (dataclasses.is_dataclass(cls) and key in {f.name for f in dataclasses.fields(cls)})
-        for cls in classes
-    )
-
-
-def _check_kwargs(config: PreTrainedConfig, kwargs: dict[str, Any], strict_keys: bool) -> None:
-    """Refuse a foreign `model_type` and misspelt keys; coerce integer values of float fields to float.
-
-    With `strict_keys`, every key must be a field (the resampler config: PanoVLM's own, written by nobody else).
-    Otherwise keys that are not fields are kept as attributes and round-trip through `config.json` (what
-    transformers, PEFT, quantizers and test helpers set on a model config), unless they look like a misspelling of
-    one of PanoVLM's fields and transformers does not know them.
-    """
-    fields = sorted(f.name for f in dataclasses.fields(config) if not f.name.startswith("_"))
-    unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS - set(config.attribute_map) - set(fields))
-    for key in unknown:
-        suggestion = _suggestion(key, fields)
-        if strict_keys or (suggestion is not None and not _known_to_transformers(config, key)):
-            hint = f"; did you mean {suggestion!r}?" if suggestion else ""
-            raise ValueError(f"{type(config).__name__} got unknown key {key!r}{hint} Valid keys are {fields}")
-    model_type = kwargs.get("model_type", config.model_type)
-    if model_type != config.model_type:
-        raise ValueError(f"{type(config).__name__} expects model_type={config.model_type!r}, got {model_type!r}")
-    for name in _FLOAT_FIELDS[type(config).__name__]:
-        value = getattr(config, name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, name, float(value))
+# `<|image_pad|>` in every Qwen2/Qwen3 vocabulary: the default image placeholder, so no embedding is resized.
+QWEN_IMAGE_PAD_ID = 151655
 
 
 @strict
@@ -108,10 +32,12 @@ class PanoVLMResamplerConfig(PreTrainedConfig):
 
     The resampler maps the tokens of each view, `(views, tokens, vision_hidden)`, to `latent_dimension`-wide
     tokens. `bimamba` and `mlp` keep the token count; `perceiver` returns `num_latents` tokens and `qformer`
-    returns `num_query_tokens` tokens per view. Field names are the ones PanoLLaVA configs used.
+    returns `num_query_tokens` tokens per view. Field names are the ones PanoLLaVA configs used. Which types exist,
+    and the fields, token count and size rules of each, come from `configuration_panovlm.resampler_registry`; a
+    type registered from outside PanoVLM adds its own fields, which this config then accepts and records.
 
     Args:
-        resampler_type (`str`): `"bimamba"`, `"mlp"`, `"perceiver"` or `"qformer"`.
+        resampler_type (`str`): a registered type: `"bimamba"`, `"mlp"`, `"perceiver"`, `"qformer"` built in.
         latent_dimension (`int`): width of the resampler's output tokens.
         hidden_dim (`int`): internal width of every resampler type.
         depth (`int`): number of blocks: BiMamba blocks, MLP layers (`depth - 1` hidden layers and one output
@@ -133,7 +59,7 @@ class PanoVLMResamplerConfig(PreTrainedConfig):
     base_config_key = "resampler_config"
     attribute_map = {"num_layers": "depth"}
 
-    resampler_type: Literal["bimamba", "mlp", "perceiver", "qformer"] = "bimamba"
+    resampler_type: str = "bimamba"
     latent_dimension: int = 768
     hidden_dim: int = 1024
     depth: int = 4
@@ -161,7 +87,19 @@ class PanoVLMResamplerConfig(PreTrainedConfig):
     layer_norm_eps: float | int = 1e-5
 
     def __post_init__(self, **kwargs):
-        _check_kwargs(self, kwargs, strict_keys=True)
+        spec = resampler_spec(self.resampler_type)
+        own = {f.name for f in dataclasses.fields(self)}
+        extra = {name: default for name, default in spec.fields.items() if name not in own}
+        check_kwargs(self, kwargs, strict_keys=True, extra_fields=tuple(extra))
+        for name, default in extra.items():  # a registered type's own fields: defaults for those not given
+            value = kwargs.setdefault(name, default)
+            if default is not None and not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+            ):
+                raise TypeError(
+                    f"resampler_config.{name} of type {self.resampler_type!r} must be {type(default).__name__}, got "
+                    f"{type(value).__name__} {value!r}"
+                )
         if self.dt_rank == "auto":
             self.dt_rank = math.ceil(self.hidden_dim / 16)
         super().__post_init__(**kwargs)
@@ -171,34 +109,25 @@ class PanoVLMResamplerConfig(PreTrainedConfig):
         """BiMamba inner width, rounded down as mamba-ssm does."""
         return int(self.expand * self.hidden_dim)
 
+    @property
+    def spec(self) -> ResamplerSpec:
+        """The registered facts of `resampler_type` (`configuration_panovlm.resampler_registry`)."""
+        return resampler_spec(self.resampler_type)
+
     def num_output_tokens(self, num_input_tokens: int) -> int:
         """Tokens per view after the resampler."""
-        if self.resampler_type == "perceiver":
-            return self.num_latents
-        if self.resampler_type == "qformer":
-            return self.num_query_tokens
-        return num_input_tokens
+        rule = self.spec.output_tokens
+        return num_input_tokens if rule is None else rule(self, num_input_tokens)
 
     def validate_sizes(self):
-        positive = ["latent_dimension", "hidden_dim", "depth", "d_state", "d_conv", "dt_rank", "num_latents", "heads"]
-        positive += ["dim_head", "ff_mult", "num_query_tokens", "num_hidden_layers", "num_attention_heads"]
-        for name in positive:
+        spec = self.spec
+        for name in ("latent_dimension", "hidden_dim", "depth", *spec.positive):
             if getattr(self, name) < 1:
                 raise ValueError(f"resampler_config.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"resampler_config.dropout must be in [0, 1), got {self.dropout}")
-        if self.expand <= 0 or self.d_inner < 1:
-            raise ValueError(
-                f"resampler_config.expand={self.expand} with hidden_dim={self.hidden_dim} gives an empty Mamba "
-                "inner width; expand must be > 0"
-            )
-        if not 0.0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"resampler_config needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
-        if self.resampler_type == "qformer" and self.hidden_dim % self.num_attention_heads:
-            raise ValueError(
-                f"Q-Former hidden_dim={self.hidden_dim} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
+        if spec.validate is not None:
+            spec.validate(self)
 
 
 @strict
@@ -237,6 +166,10 @@ class PanoVLMConfig(PreTrainedConfig):
         tie_word_embeddings (`bool`): tie `lm_head` to the input embeddings; taken from `text_config` when unset.
         use_cache (`bool`): whether `forward` returns the language model's key/value cache when its `use_cache`
             argument is not given (`transformers.Trainer` sets it to `False` while training).
+        image_mean, image_std (`list[float]`, *optional*): the vision tower's pixel normalisation, per RGB channel;
+            by default its family's published values (`TOWER_NORMALISATION`); `from_vision_text_pretrained` takes
+            them from the tower checkpoint's image processor config. `PanoVLMProcessor.from_model_config` uses them.
+        rescale_factor (`float`): what 8-bit pixel values are multiplied by before normalisation (1/255).
         training_stage (`str`, *optional*): the PanoVLM training stage that produced these weights (`"vision"`,
             `"resampler"` or `"finetune"`; `None` when not trained with PanoVLM's stages). Metadata for model cards;
             the model does not read it.
@@ -256,7 +189,7 @@ class PanoVLMConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     resampler_config: dict | PreTrainedConfig | None = None
-    image_token_id: int = 151655
+    image_token_id: int = QWEN_IMAGE_PAD_ID
     crop_strategy: Literal["resize", "e2p", "anyres_e2p", "cubemap", "sliding_window"] = "anyres_e2p"
     fov_deg: float | int = 90.0
     overlap_ratio: float | int = 0.5
@@ -269,11 +202,19 @@ class PanoVLMConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
+    image_mean: list[float] | tuple[float, ...] | None = None
+    image_std: list[float] | tuple[float, ...] | None = None
+    rescale_factor: float | int = 1 / 255
     training_stage: Literal["vision", "resampler", "finetune"] | None = None
 
     def __post_init__(self, **kwargs):
-        _check_kwargs(self, kwargs, strict_keys=False)
+        check_kwargs(self, kwargs, strict_keys=False)
         super().__post_init__(**kwargs)
+        mean, std = TOWER_NORMALISATION[self.vision_config.model_type] if (
+            self.vision_config.model_type in TOWER_NORMALISATION
+        ) else SIGLIP_NORMALISATION
+        self.image_mean = [float(v) for v in (mean if self.image_mean is None else self.image_mean)]
+        self.image_std = [float(v) for v in (std if self.image_std is None else self.image_std)]
         # PanoVLM reads every patch token and never the tower's pooling head (SigLIP's attention pooling): it is not
         # built, so no parameter goes without a gradient.
         if getattr(self.vision_config, "vision_use_head", False):
@@ -281,6 +222,16 @@ class PanoVLMConfig(PreTrainedConfig):
         # Forward the LM's own choice, as LLaVA does: a tied Qwen3-0.6B must stay tied inside the composite.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "PanoVLMConfig":
+        """`PreTrainedConfig.from_dict`, refusing an incomplete `config.json`: a dict written by `save_pretrained`
+        (it carries `transformers_version`) must name every PanoVLM field, including the resampler's, so that no
+        default silently stands in for a value the weights were trained with. Fields added after a checkpoint format
+        was released are filled from `FIELDS_ADDED_LATER` (the value older files meant)."""
+        if "transformers_version" in config_dict:
+            config_dict = complete_saved_config(cls, dict(config_dict), PanoVLMResamplerConfig)
+        return super().from_dict(config_dict, **kwargs)
 
     # ---- derived geometry (pure functions of the fields above) -----------------------------------------------
     @property
@@ -354,6 +305,14 @@ class PanoVLMConfig(PreTrainedConfig):
                 f"image_token_id={self.image_token_id} is outside the language model's vocabulary "
                 f"(text_config.vocab_size={self.text_config.vocab_size})"
             )
+
+    def validate_preprocessing(self):
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if len(values) != 3:
+                raise ValueError(f"{name} needs one value per RGB channel, got {values}")
+        if min(self.image_std) <= 0 or self.rescale_factor <= 0:
+            raise ValueError(f"image_std and rescale_factor must be positive, got {self.image_std}, {self.rescale_factor}")
 
     def validate_views(self):
         layout = self.view_layout  # raises ValueError for impossible crop settings

@@ -16,7 +16,7 @@ from .modeling_panovlm import (
     PanoVLMModel,
     PanoVLMPreTrainedModel,
 )
-from .resamplers import RESAMPLERS, build_resampler
+from .resamplers import RESAMPLERS, build_resampler, register_resampler
 
 
 AutoModel.register(PanoVLMConfig, PanoVLMModel, exist_ok=True)
@@ -31,4 +31,5 @@ __all__ = [
     "PanoVLMModel",
     "PanoVLMPreTrainedModel",
     "build_resampler",
+    "register_resampler",
 ]

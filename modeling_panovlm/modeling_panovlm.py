@@ -14,12 +14,20 @@ import warnings
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig, PanoVLMResamplerConfig
 
+from .checkpointing import PanoVLMCheckpointMixin
 from .image_features import PanoVLMImageFeaturesMixin, VICRegProjector
 from .outputs import PanoVLMCausalLMOutputWithPast, PanoVLMModelOutputWithPast
 from .panorama import PanoramaPositionalEncoding
@@ -31,7 +39,7 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-class PanoVLMPreTrainedModel(PreTrainedModel):
+class PanoVLMPreTrainedModel(PanoVLMCheckpointMixin, PreTrainedModel):
     config: PanoVLMConfig
     config_class = PanoVLMConfig
     base_model_prefix = "model"
@@ -329,9 +337,13 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
 
         The resampler, projector and SSL head are freshly initialised; the tower and LM weights are copied in
         exactly (dual-tower checkpoints such as `google/siglip-*` contribute their vision half; the towers' pooling
-        heads, which PanoVLM does not use, are left out). `config_kwargs` are `PanoVLMConfig` fields, e.g.
-        `crop_strategy`, `image_token_id`.
+        heads, which PanoVLM does not use, are left out). The tower's pixel normalisation (`image_mean`,
+        `image_std`, `rescale_factor`) is read from its checkpoint's image processor config and recorded in the
+        config, so `PanoVLMProcessor.from_model_config` normalises as the tower was trained; a checkpoint without
+        one gets its family's published values (`TOWER_NORMALISATION`) and a warning. `config_kwargs` are
+        `PanoVLMConfig` fields, e.g. `crop_strategy`, `image_token_id`.
         """
+        config_kwargs = {**_tower_normalisation(vision_model_name_or_path), **config_kwargs}
         vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
         # Dual towers (CLIP, SigLIP) contribute their vision half; its weights load by name into the vision class.
         vision_config = getattr(vision_config, "vision_config", vision_config)
@@ -355,6 +367,24 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
         model.lm_head.load_state_dict(text.get_output_embeddings().state_dict(), strict=True)
         model.tie_weights()
         return model
+
+
+def _tower_normalisation(vision_model_name_or_path: str | os.PathLike) -> dict:
+    """`image_mean`, `image_std`, `rescale_factor` of a tower checkpoint's image processor config; `{}` (the family's
+    published values then apply) with a warning when it has none."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+    except (OSError, ValueError) as error:
+        logger.warning(
+            "%s has no image processor config (%s): using the published normalisation of its tower family "
+            "(configuration_panovlm.TOWER_NORMALISATION); pass image_mean/image_std if it was trained otherwise",
+            vision_model_name_or_path, str(error).splitlines()[0],
+        )
+        return {}
+    settings = {"image_mean": list(processor.image_mean), "image_std": list(processor.image_std)}
+    if getattr(processor, "rescale_factor", None) is not None:
+        settings["rescale_factor"] = float(processor.rescale_factor)
+    return settings
 
 
 # Keyword arguments only the loss reads (the Trainer passes them with the inputs); the language model never sees them.

@@ -41,6 +41,9 @@ class MambaMixer(nn.Module):
             `dt_max` and `dt_init_floor`.
     """
 
+    # Parameters the optimizer does not decay (PanoVLMTrainer reads this).
+    no_weight_decay = ("A_log", "D")
+
     def __init__(self, config: PanoVLMResamplerConfig):
         super().__init__()
         self.d_inner = config.d_inner

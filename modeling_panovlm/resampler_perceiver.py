@@ -56,6 +56,9 @@ class PerceiverResampler(nn.Module):
     Shapes: `(N, S, input_dim) -> (N, num_latents, latent_dimension)`.
     """
 
+    # Parameters the optimizer does not decay (PanoVLMTrainer reads this).
+    no_weight_decay = ("latents",)
+
     _no_split_modules = ["PerceiverLayer"]
 
     def __init__(self, config: PanoVLMResamplerConfig, input_dim: int):

@@ -58,6 +58,9 @@ class QFormerResampler(nn.Module):
     Shapes: `(N, S, input_dim) -> (N, num_query_tokens, latent_dimension)`.
     """
 
+    # Parameters the optimizer does not decay (PanoVLMTrainer reads this).
+    no_weight_decay = ("query_tokens",)
+
     _no_split_modules = ["QFormerLayer"]
 
     def __init__(self, config: PanoVLMResamplerConfig, input_dim: int):

@@ -9,6 +9,7 @@ from transformers.image_processing_base import ImageProcessingMixin
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
+from configuration_panovlm.towers import SIGLIP_NORMALISATION
 from configuration_panovlm.view_layout import (
     ViewLayout,
     build_view_layout,
@@ -23,9 +24,6 @@ from .image_loading import (
     load_panorama,
 )
 
-
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
 
 # Keys HF writes into a saved preprocessor_config.json besides the settings themselves.
 _HF_BOOKKEEPING_KEYS = ("image_processor_type", "processor_class", "auto_map", "feature_extractor_type")
@@ -145,8 +143,8 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
-        self.image_mean = _channel_stats(SIGLIP_MEAN if image_mean is None else image_mean, "image_mean")
-        self.image_std = _channel_stats(SIGLIP_STD if image_std is None else image_std, "image_std")
+        self.image_mean = _channel_stats(SIGLIP_NORMALISATION[0] if image_mean is None else image_mean, "image_mean")
+        self.image_std = _channel_stats(SIGLIP_NORMALISATION[1] if image_std is None else image_std, "image_std")
 
     @property
     def view_layout(self) -> ViewLayout:

@@ -12,12 +12,14 @@ evaluation, inference, `pipeline("image-text-to-text")`, TRL and `transformers s
 
 import json
 import logging
+from pathlib import Path
 
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import TextInput
 
+from configuration_panovlm.atomic_files import atomic_directory
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
 from configuration_panovlm.view_layout import STITCHING_MODES
 
@@ -156,10 +158,11 @@ class PanoVLMProcessor(ProcessorMixin):
         user_template: str = DEFAULT_USER_TEMPLATE,
         **image_processor_kwargs,
     ) -> "PanoVLMProcessor":
-        """The processor matching `config`: its view layout and size, token grid, stitching and image token.
+        """The processor matching `config`: its view layout and size, token grid, stitching, image token and the
+        tower's pixel normalisation (`config.image_mean`, `image_std`, `rescale_factor`).
 
-        `image_processor_kwargs` go to `PanoVLMImageProcessor` (e.g. `image_mean`, `image_std` of the tower).
-        Sets the tokenizer to left padding, which batched generation needs.
+        `image_processor_kwargs` go to `PanoVLMImageProcessor` and override what the config says. Sets the tokenizer
+        to left padding, which batched generation needs.
         """
         image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
         if image_token is None:
@@ -169,7 +172,12 @@ class PanoVLMProcessor(ProcessorMixin):
             image_size=config.view_size,
             fov_deg=config.fov_deg,
             overlap_ratio=config.overlap_ratio,
-            **image_processor_kwargs,
+            **{
+                "image_mean": config.image_mean,
+                "image_std": config.image_std,
+                "rescale_factor": config.rescale_factor,
+                **image_processor_kwargs,
+            },
         )
         tokenizer.padding_side = "left"
         return cls(
@@ -182,6 +190,16 @@ class PanoVLMProcessor(ProcessorMixin):
             system_prompt=system_prompt,
             user_template=user_template,
         )
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, writing `save_directory` as a whole or not at all
+        (`configuration_panovlm.atomic_files`). Files the processor does not write (the model's) are kept."""
+        if push_to_hub:
+            kwargs.setdefault("repo_id", Path(save_directory).name)
+        with atomic_directory(save_directory, replaces=_is_processor_file) as staging:
+            saved = super().save_pretrained(staging, push_to_hub=push_to_hub, **kwargs)
+        # The files' final paths, as transformers returns them.
+        return [str(Path(save_directory) / Path(path).relative_to(staging)) for path in saved]
 
     # ---- prompt format ---------------------------------------------------------------------------------------
     def set_prompts(self, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, user_template: str = DEFAULT_USER_TEMPLATE) -> None:
@@ -296,6 +314,25 @@ class PanoVLMProcessor(ProcessorMixin):
     def _process_images(self, images, **kwargs):
         processed = self.image_processor(images, **kwargs)
         return processed, [self.replace_image_token(processed, index) for index in range(len(images))]
+
+
+# Files a processor save writes (earlier versions of them are replaced, not carried over).
+_PROCESSOR_FILES = {
+    "processor_config.json",
+    "preprocessor_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+}
+
+
+def _is_processor_file(name: str) -> bool:
+    return name in _PROCESSOR_FILES or name.startswith("additional_chat_templates/")
 
 
 def _check_prompts(system_prompt: str | None, user_template: str) -> None:

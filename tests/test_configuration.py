@@ -96,10 +96,10 @@ def test_predecessor_field_names_and_alias():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"crop_stratgy": "e2p"}, "unknown key 'crop_stratgy'; did you mean 'crop_strategy'"),
-        ({"fov": 60.0}, "unknown key 'fov'; did you mean 'fov_deg'"),
-        ({"overlap": 0.3}, "unknown key 'overlap'; did you mean 'overlap_ratio'"),
-        ({"resampler_config": {"hiden_dim": 8}}, "unknown key 'hiden_dim'; did you mean 'hidden_dim'"),
+        ({"crop_stratgy": "e2p"}, "unknown key 'crop_stratgy' \\(did you mean 'crop_strategy'\\?\\)"),
+        ({"fov": 60.0}, "unknown key 'fov' \\(did you mean 'fov_deg'\\?\\)"),
+        ({"overlap": 0.3}, "unknown key 'overlap' \\(did you mean 'overlap_ratio'\\?\\)"),
+        ({"resampler_config": {"hiden_dim": 8}}, "unknown key 'hiden_dim' \\(did you mean 'hidden_dim'\\?\\)"),
         ({"resampler_config": {"foo": 1}}, "unknown key 'foo'"),
         ({"fov_deg": "wide"}, "fov_deg"),
         ({"crop_strategy": "fisheye"}, "crop_strategy"),

@@ -136,7 +136,7 @@ def test_a_streamed_evaluation_scores_what_the_prepared_one_scores(tiny_mlp, fol
     for streaming in (False, True):
         out = tmp_path / str(streaming)
         summaries[streaming] = evaluate_caption_table(
-            model, processor, folder / "t.csv", out, generation_config=config, show_progress=False,
+            model, processor, folder / "t.csv", out, generation_config=config, show_progress=False, tokenizer="python",
             data_args=DataArguments(streaming=streaming),
         )
         with open(out / "predictions.csv", newline="") as handle:
@@ -151,7 +151,7 @@ def test_a_streamed_evaluation_scores_what_the_prepared_one_scores(tiny_mlp, fol
 
     # max_samples: a stream stops reading at the first row of the group after the last one kept.
     first = evaluate_caption_table(
-        model, processor, folder / "t.csv", tmp_path / "one", generation_config=config, show_progress=False,
+        model, processor, folder / "t.csv", tmp_path / "one", generation_config=config, show_progress=False, tokenizer="python",
         max_samples=1, data_args=DataArguments(streaming=True),
     )
     assert first["generation"]["generations"] == 1 and first["data"]["rows_read"] == 2

@@ -20,8 +20,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, PreTrainedConfig
 
-from configuration_panovlm.configuration_panovlm import PanoVLMConfig
+from configuration_panovlm.atomic_files import atomic_directory
+from configuration_panovlm.configuration_panovlm import QWEN_IMAGE_PAD_ID, PanoVLMConfig
 from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 from modeling_panovlm.training.lora import lm_lora_target_regex
 
@@ -208,7 +207,7 @@ def plan_conversion(
     vision_config: str | os.PathLike | PreTrainedConfig | None = None,
     text_config: str | os.PathLike | PreTrainedConfig | None = None,
     crop_strategy: str | None = None,
-    image_token_id: int = 151655,
+    image_token_id: int = QWEN_IMAGE_PAD_ID,
 ) -> Conversion:
     """Resolve the PanoVLM config of `run` and place its tensors; nothing is written.
 
@@ -365,8 +364,8 @@ def _read_lora_folder(lora_dir: Path, report: ConversionReport) -> tuple[dict, d
 def write_conversion(conversion: Conversion, output_dir: str | os.PathLike) -> Path:
     """Write the PanoVLM directory (config, weights, generation config) and `adapter/` when the run had LoRA.
 
-    Everything is written into a temporary sibling directory that is renamed to `output_dir` at the end, so an
-    interrupted conversion leaves nothing half-written. Raises `LegacyConversionError` if keys are unmapped and
+    The directory is written as a whole or not at all (`configuration_panovlm.atomic_files`), so an interrupted
+    conversion leaves nothing half-written. Raises `LegacyConversionError` if keys are unmapped and
     `FileExistsError` if `output_dir` exists and is not empty.
     """
     if not conversion.report.complete:
@@ -374,9 +373,7 @@ def write_conversion(conversion: Conversion, output_dir: str | os.PathLike) -> P
     output = Path(output_dir).resolve()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} exists and is not empty; choose a new output directory")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
+    with atomic_directory(output) as staging:
         model = PanoVLMForConditionalGeneration(conversion.config)
         # Not strict: a tied lm_head may be absent from the source; the report has accounted for every other key.
         model.load_state_dict(conversion.state_dict, strict=False)
@@ -387,11 +384,6 @@ def write_conversion(conversion: Conversion, output_dir: str | os.PathLike) -> P
             (staging / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
             tensors = {key: tensor.contiguous() for key, tensor in conversion.adapter_state_dict.items()}
             save_file(tensors, staging / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
-        if output.exists():
-            output.rmdir()
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("Wrote the converted PanoVLM checkpoint to %s", output)
     return output
 

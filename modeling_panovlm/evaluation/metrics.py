@@ -36,10 +36,11 @@ import logging
 import math
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from configuration_panovlm.atomic_files import write_text_atomically
 
 from .ptb_tokenizer import (
     java_ptb_tokenize,
@@ -285,24 +286,9 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
     return rows
 
 
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it into place: a reader (or a crash) never sees a
-    half-written file. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp")
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-    return path
-
-
 def write_predictions(path: str | os.PathLike, rows: Sequence[PredictionRow]) -> Path:
-    """Write predictions.csv atomically (`write_text_atomically`). Returns the path."""
+    """Write predictions.csv atomically (`configuration_panovlm.atomic_files.write_text_atomically`). Returns the
+    path."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(PREDICTION_COLUMNS)
@@ -333,5 +319,4 @@ __all__ = [
     "score_predictions",
     "scores_to_dict",
     "write_predictions",
-    "write_text_atomically",
 ]

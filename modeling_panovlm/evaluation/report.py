@@ -10,9 +10,10 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
+from configuration_panovlm.atomic_files import write_text_atomically
 from processing_panovlm.data.captions import RowProblem
 
-from .metrics import PredictionRow, score_predictions, scores_to_dict, write_text_atomically
+from .metrics import PredictionRow, score_predictions, scores_to_dict
 
 
 def _versions() -> dict[str, str | None]:

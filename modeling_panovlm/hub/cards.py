@@ -17,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
+from configuration_panovlm.resampler_registry import resampler_spec
 
 from .card_metrics import evaluation_section, read_metrics
 from .repo_ids import hub_repo_id
@@ -25,12 +26,6 @@ from .repo_ids import hub_repo_id
 PANOVLM_TAGS = ("panovlm", "panorama", "360-degree", "equirectangular", "image-text-to-text")
 # The install line cards show. The distribution is `panovlm` (setup.py); the Auto classes need it imported.
 INSTALL_COMMAND = "pip install panovlm"
-_RESAMPLER_SIZES = {
-    "bimamba": ("hidden_dim", "depth", "expand", "d_state", "d_conv", "dt_rank", "norm_first"),
-    "mlp": ("hidden_dim", "depth", "use_ln"),
-    "perceiver": ("hidden_dim", "depth", "num_latents", "heads", "dim_head", "ff_mult"),
-    "qformer": ("hidden_dim", "num_query_tokens", "num_hidden_layers", "num_attention_heads"),
-}
 _STAGES = {
     "vision": "`vision`: the resampler trained on overlapping views (VICReg), language model and projector untouched",
     "resampler": "`resampler`: resampler and projector trained on captions, the language model frozen",
@@ -62,7 +57,7 @@ def _card_metadata(config: PanoVLMConfig) -> dict:
         "resampler": {
             "type": resampler.resampler_type,
             "latent_dimension": resampler.latent_dimension,
-            **{name: getattr(resampler, name) for name in _RESAMPLER_SIZES[resampler.resampler_type]},
+            **{name: getattr(resampler, name) for name in resampler.spec.card_sizes},
         },
         "view_layout": {
             "crop_strategy": config.crop_strategy,
@@ -87,7 +82,7 @@ def _layout_facts(config: PanoVLMConfig, meta: dict) -> dict:
     return {
         "resampler": resampler,
         "views": views,
-        "resampler_sizes": ", ".join(f"{name} {resampler[name]}" for name in _RESAMPLER_SIZES[resampler["type"]]),
+        "resampler_sizes": ", ".join(f"{name} {resampler[name]}" for name in resampler_spec(resampler["type"]).card_sizes),
         "view_count": f"{views['views']} (1 global + {strip_count} strip)" if views["global_view"] else str(strip_count),
         "coverage": {
             "view_fov": max(view.hfov_deg for view in strip),

@@ -19,11 +19,6 @@ from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
 from processing_panovlm.processing_panovlm import PanoVLMProcessor
 
 
-# SigLIP normalisation: (x - 0.5) / 0.5.
-TINY_IMAGE_MEAN = (0.5, 0.5, 0.5)
-TINY_IMAGE_STD = (0.5, 0.5, 0.5)
-
-
 def tiny_config(
     tokenizer: PreTrainedTokenizerBase,
     resampler_type: str = "mlp",
@@ -112,7 +107,7 @@ def build_tiny_checkpoint(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=32
     )
     processor = PanoVLMProcessor.from_model_config(
-        config, tokenizer, image_mean=TINY_IMAGE_MEAN, image_std=TINY_IMAGE_STD
+        config, tokenizer
     )
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

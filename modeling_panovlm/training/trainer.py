@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 from torch import nn
 from transformers import Trainer
-from transformers.trainer import FSDP_MODEL_NAME
+from transformers.trainer import FSDP_MODEL_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from configuration_panovlm.atomic_files import STAGING_MARK, atomic_directory
 
 from .losses import VICREG_MODES, VICRegWeights, gather_across_processes, overlap_vicreg_loss
 from .stages import StageSpec, base_model, base_parameter_name
@@ -21,9 +26,20 @@ from .stages import StageSpec, base_model, base_parameter_name
 
 logger = logging.getLogger(__name__)
 
-# Tensors that are not weight matrices get no weight decay (mamba-ssm also exempts A_log and D).
-_NO_DECAY = ("bias", "norm", "A_log", ".D", "latents", "query_tokens")
 PEFT_PREFIX = "base_model.model."
+
+
+def no_weight_decay_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters the optimizer does not decay: biases, normalisation layers' parameters, and what a
+    module declares in `no_weight_decay` (Mamba's `A_log` and `D`, learned queries; mamba-ssm exempts the same)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith("RMSNorm")
+        declared = set(getattr(module, "no_weight_decay", ()))
+        for name, _ in module.named_parameters(recurse=False):
+            if norm or name == "bias" or name in declared:
+                names.add(f"{prefix}.{name}" if prefix else name)
+    return names
 
 
 class PanoVLMTrainer(Trainer):
@@ -153,6 +169,7 @@ class PanoVLMTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
+        no_decay = no_weight_decay_parameters(opt_model)
         groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
         unused_prefixes = set(self.module_learning_rates)
         for name, parameter in opt_model.named_parameters():
@@ -164,7 +181,7 @@ class PanoVLMTrainer(Trainer):
                 if base.startswith(prefix):
                     lr = prefix_lr
                     unused_prefixes.discard(prefix)
-            decay = 0.0 if any(marker in base for marker in _NO_DECAY) else self.args.weight_decay
+            decay = 0.0 if name in no_decay else self.args.weight_decay
             groups[(lr, decay)].append(parameter)
         if unused_prefixes:
             raise ValueError(f"module_learning_rates names modules with no trainable parameters: {sorted(unused_prefixes)}")
@@ -186,6 +203,41 @@ class PanoVLMTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ---- saving ----------------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """`Trainer._save_checkpoint`, publishing `checkpoint-N` as a whole or not at all: every process writes into
+        a staging run directory, then the main process moves the finished checkpoint into place with
+        `atomic_directory` (a kill leaves no partial `checkpoint-N` for `--resume-from-checkpoint` to pick up)."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_run = run_dir / f".{name}{STAGING_MARK}run"  # one name shared by every process of the run
+        if self.args.should_save:
+            shutil.rmtree(staging_run, ignore_errors=True)  # left by a killed run
+            staging_run.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        final_output = self.args.output_dir
+        self.args.output_dir = str(staging_run)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = final_output
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint:  # found by the parent inside the staging run directory
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging_run), str(run_dir))
+            staged = staging_run / name
+            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+            with atomic_directory(run_dir / name, replaces=lambda _: True) as staging:
+                for entry in staged.iterdir():
+                    os.replace(entry, staging / entry.name)
+            shutil.rmtree(staging_run)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         sharded = self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
         if not sharded:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from configuration_panovlm.atomic_files import write_text_atomically
 from processing_panovlm.image_loading import REASONS as IMAGE_REASONS
 
 
@@ -44,13 +44,7 @@ class RowProblem:
 
 
 def _write_json_atomically(path: Path, payload: dict) -> None:
-    """Written to a temporary file in the same folder, then renamed: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
+    write_text_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 def report_path(output_dir: str | os.PathLike, name: str) -> Path:
