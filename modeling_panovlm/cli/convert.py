@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from configuration_panovlm import CROP_STRATEGIES
+from configuration_panovlm.configuration_panovlm import QWEN_IMAGE_PAD_ID
 from modeling_panovlm.conversion.panollava import (
     ConversionReport,
     LegacyConversionError,
@@ -32,10 +33,6 @@ from modeling_panovlm.conversion.panollava import (
 )
 
 from .options import HelpFormatter, add_log_level_flag, configure_logging, int_at_least
-
-
-# Qwen2/Qwen3's <|image_pad|>, the placeholder PanoLLaVA's Qwen language models already have.
-DEFAULT_IMAGE_TOKEN_ID = 151655
 
 
 def format_report(report: ConversionReport) -> str:
@@ -83,8 +80,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--image-token-id",
         type=int_at_least(0),
-        default=DEFAULT_IMAGE_TOKEN_ID,
-        help=f"id of the image placeholder token (>= 0; default {DEFAULT_IMAGE_TOKEN_ID}, Qwen's <|image_pad|>)",
+        default=QWEN_IMAGE_PAD_ID,
+        help=f"id of the image placeholder token (>= 0; default {QWEN_IMAGE_PAD_ID}, Qwen's <|image_pad|>)",
     )
     add_log_level_flag(parser, default="warning")
     return parser
