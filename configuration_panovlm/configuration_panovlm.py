@@ -22,6 +22,11 @@ from .towers import _VISION_PREFIX_TOKENS, SIGLIP_NORMALISATION, SUPPORTED_VISIO
 from .view_layout import ViewLayout, build_view_layout, infer_token_grid
 
 
+def _per_channel(values: float | list[float] | tuple[float, ...]) -> list[float]:
+    """One value per RGB channel (a single number applies to all three)."""
+    return [float(values)] * 3 if isinstance(values, (int, float)) else [float(value) for value in values]
+
+
 # `<|image_pad|>` in every Qwen2/Qwen3 vocabulary: the default image placeholder, so no embedding is resized.
 QWEN_IMAGE_PAD_ID = 151655
 
@@ -166,7 +171,8 @@ class PanoVLMConfig(PreTrainedConfig):
         tie_word_embeddings (`bool`): tie `lm_head` to the input embeddings; taken from `text_config` when unset.
         use_cache (`bool`): whether `forward` returns the language model's key/value cache when its `use_cache`
             argument is not given (`transformers.Trainer` sets it to `False` while training).
-        image_mean, image_std (`list[float]`, *optional*): the vision tower's pixel normalisation, per RGB channel;
+        image_mean, image_std (`list[float]`, *optional*): the vision tower's pixel normalisation, per RGB channel (a
+            single number applies to all three);
             by default its family's published values (`TOWER_NORMALISATION`); `from_vision_text_pretrained` takes
             them from the tower checkpoint's image processor config. `PanoVLMProcessor.from_model_config` uses them.
         rescale_factor (`float`): what 8-bit pixel values are multiplied by before normalisation (1/255).
@@ -202,8 +208,8 @@ class PanoVLMConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
-    image_mean: list[float] | tuple[float, ...] | None = None
-    image_std: list[float] | tuple[float, ...] | None = None
+    image_mean: list[float] | tuple[float, ...] | float | int | None = None
+    image_std: list[float] | tuple[float, ...] | float | int | None = None
     rescale_factor: float | int = 1 / 255
     training_stage: Literal["vision", "resampler", "finetune"] | None = None
 
@@ -213,8 +219,8 @@ class PanoVLMConfig(PreTrainedConfig):
         mean, std = TOWER_NORMALISATION[self.vision_config.model_type] if (
             self.vision_config.model_type in TOWER_NORMALISATION
         ) else SIGLIP_NORMALISATION
-        self.image_mean = [float(v) for v in (mean if self.image_mean is None else self.image_mean)]
-        self.image_std = [float(v) for v in (std if self.image_std is None else self.image_std)]
+        self.image_mean = _per_channel(mean if self.image_mean is None else self.image_mean)
+        self.image_std = _per_channel(std if self.image_std is None else self.image_std)
         # PanoVLM reads every patch token and never the tower's pooling head (SigLIP's attention pooling): it is not
         # built, so no parameter goes without a gradient.
         if getattr(self.vision_config, "vision_use_head", False):
@@ -309,9 +315,9 @@ class PanoVLMConfig(PreTrainedConfig):
     def validate_preprocessing(self):
         for name in ("image_mean", "image_std"):
             values = getattr(self, name)
-            if len(values) != 3:
-                raise ValueError(f"{name} needs one value per RGB channel, got {values}")
-        if min(self.image_std) <= 0 or self.rescale_factor <= 0:
+            if not isinstance(values, (int, float)) and len(values) != 3:
+                raise ValueError(f"{name} needs one value per RGB channel (or one for all), got {values}")
+        if min(_per_channel(self.image_std)) <= 0 or self.rescale_factor <= 0:
             raise ValueError(f"image_std and rescale_factor must be positive, got {self.image_std}, {self.rescale_factor}")
 
     def validate_views(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 import torch
@@ -331,42 +332,62 @@ class PanoVLMForConditionalGeneration(PanoVLMPreTrainedModel, GenerationMixin):
         vision_model_name_or_path: str | os.PathLike,
         text_model_name_or_path: str | os.PathLike,
         resampler_config: PanoVLMResamplerConfig | dict | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | torch.device | None = None,
         **config_kwargs,
     ) -> PanoVLMForConditionalGeneration:
         """A new PanoVLM from a pretrained vision tower and a pretrained causal LM (local directories or Hub ids).
 
-        The resampler, projector and SSL head are freshly initialised; the tower and LM weights are copied in
-        exactly (dual-tower checkpoints such as `google/siglip-*` contribute their vision half; the towers' pooling
-        heads, which PanoVLM does not use, are left out). The tower's pixel normalisation (`image_mean`,
-        `image_std`, `rescale_factor`) is read from its checkpoint's image processor config and recorded in the
-        config, so `PanoVLMProcessor.from_model_config` normalises as the tower was trained; a checkpoint without
-        one gets its family's published values (`TOWER_NORMALISATION`) and a warning. `config_kwargs` are
-        `PanoVLMConfig` fields, e.g. `crop_strategy`, `image_token_id`.
+        The tower and the LM are loaded with their own `from_pretrained` (`dtype` and `device_map` are passed to
+        both) and become the model's modules as they are, without a copy: peak memory stays close to the model's
+        size. The resampler, projector and SSL head are freshly initialised, in `dtype`, on the tower's device.
+        Dual-tower checkpoints such as `google/siglip-*` contribute their vision half; the towers' pooling heads,
+        which PanoVLM does not use, are left out. The tower's pixel normalisation (`image_mean`, `image_std`,
+        `rescale_factor`) is read from its checkpoint's image processor config and recorded in the config, so
+        `PanoVLMProcessor.from_model_config` normalises as the tower was trained; a checkpoint without one gets its
+        family's published values (`TOWER_NORMALISATION`) and a warning. `config_kwargs` are `PanoVLMConfig`
+        fields, e.g. `crop_strategy`, `image_token_id`.
         """
         config_kwargs = {**_tower_normalisation(vision_model_name_or_path), **config_kwargs}
         vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
         # Dual towers (CLIP, SigLIP) contribute their vision half; its weights load by name into the vision class.
         vision_config = getattr(vision_config, "vision_config", vision_config)
-        vision = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config)
-        text = AutoModelForCausalLM.from_pretrained(text_model_name_or_path)
+        if getattr(vision_config, "vision_use_head", False):
+            vision_config.vision_use_head = False  # PanoVLM reads every patch token, never the pooling head
+        loading = {"dtype": dtype, "device_map": device_map}
+        vision = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config, **loading)
+        text = AutoModelForCausalLM.from_pretrained(text_model_name_or_path, **loading)
         config = PanoVLMConfig(
             vision_config=vision.config.to_dict(),
             text_config=text.config.to_dict(),
             resampler_config=resampler_config,
             **config_kwargs,
         )
-        model = cls(config)
-        tower_state = model.model.vision_tower.state_dict()
-        unused = {key for key in vision.state_dict() if key not in tower_state}
-        model.model.vision_tower.load_state_dict(
-            {key: value for key, value in vision.state_dict().items() if key not in unused}, strict=True
-        )
-        if unused:
-            logger.info("left out the vision tower's unused pooling head: %s", sorted(unused))
-        model.model.language_model.load_state_dict(text.get_decoder().state_dict(), strict=True)
-        model.lm_head.load_state_dict(text.get_output_embeddings().state_dict(), strict=True)
+        with torch.device("meta"):
+            model = cls(config)
+        model.model.vision_tower = vision
+        _drop_unused_tower_head(model.model)
+        model.model.language_model = text.get_decoder()
+        model.lm_head = text.get_output_embeddings()
+        _materialise_new_modules(model, device=next(vision.parameters()).device, dtype=vision.dtype)
         model.tie_weights()
         return model
+
+
+def _materialise_new_modules(model: PanoVLMForConditionalGeneration, device: torch.device, dtype: torch.dtype) -> None:
+    """Allocate and initialise the modules `from_vision_text_pretrained` built on the meta device (all but the
+    pretrained tower and LM), in `dtype` (Mamba's state tensors stay fp32, as `_keep_in_fp32_modules_strict` says)."""
+    keep_fp32 = re.compile("|".join(rf"(^|\.){re.escape(name)}$" for name in model._keep_in_fp32_modules_strict) or "$^")
+    for module in (model.model.vision_feature_norm, model.model.resampler, model.model.panorama_pe,
+                   model.model.multi_modal_projector, model.model.vicreg_projector):
+        if module is None:
+            continue
+        module.to_empty(device=device)
+        for submodule in module.modules():
+            model._init_weights(submodule)
+        for name, parameter in module.named_parameters():
+            if parameter.is_floating_point() and not keep_fp32.search(name):
+                parameter.data = parameter.data.to(dtype)
 
 
 def _tower_normalisation(vision_model_name_or_path: str | os.PathLike) -> dict:

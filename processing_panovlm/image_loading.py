@@ -91,7 +91,7 @@ def describe_source(image: PanoramaInput) -> str:
 
 
 def load_panorama(
-    image: PanoramaInput, aspect_ratio_tolerance: float = 0.01, *, keep_uint8: bool = False
+    image: PanoramaInput, aspect_ratio_tolerance: float = 0.01, *, keep_uint8: bool = False, min_width: int | None = None
 ) -> torch.Tensor:
     """Load and validate one equirectangular panorama.
 
@@ -105,6 +105,9 @@ def load_panorama(
         keep_uint8: return 8-bit images as uint8 instead of float32 (the panorama is then 4x smaller, and
             `sample_views` reads it without converting it as a whole). The result is then often a view of
             `image` (a channels-last view of an `(H, W, 3)` array, for instance), so treat it as read-only.
+        min_width: decode JPEG files (paths, URLs, bytes) at the smallest of their DCT scales (1/2, 1/4, 1/8) that
+            keeps at least this width, which skips most of the decoding of a panorama much larger than the views
+            need; other formats, and inputs already decoded, are unaffected.
 
     Returns:
         `(3, H, W)` float32 tensor (on the input tensor's device, else on the CPU) in the input's value range:
@@ -131,6 +134,9 @@ def load_panorama(
     """
     if isinstance(image, (str, os.PathLike, bytes, bytearray, Mapping)):
         with open_image(image) as (opened, source):
+            _check_pixel_limit(opened, source)  # on the stored size, before any decoding
+            if min_width is not None:
+                _decode_reduced(opened, source, min_width)
             return _pil_to_tensor(opened, source, aspect_ratio_tolerance, keep_uint8)
     source = describe_source(image)
     if isinstance(image, Image.Image):
@@ -254,6 +260,16 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) once the EXIF orientation is applied, read from the header only."""
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     return (image.height, image.width) if orientation in _TRANSPOSING_ORIENTATIONS else (image.width, image.height)
+
+
+def _decode_reduced(image: Image.Image, source: str, min_width: int) -> None:
+    """Ask a JPEG decoder for its smallest DCT scale whose output is at least `min_width` wide once oriented."""
+    if image.format != "JPEG":
+        return
+    transposed = _decode(image, source, _oriented_size) != (image.width, image.height)
+    size = (max(1, min_width // 2), max(1, min_width)) if transposed else (max(1, min_width), max(1, min_width // 2))
+    if size[0] < image.width:
+        image.draft(image.mode, size)
 
 
 def _check_pixel_limit(image: Image.Image, source: str) -> None:

@@ -1,6 +1,7 @@
 """`PanoVLMImageProcessor`: equirectangular panoramas -> the views of a crop strategy, ready for the vision tower."""
 
 
+import math
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ _GEOMETRY_SETTINGS = (
     "overlap_ratio",
     "aspect_ratio_tolerance",
     "max_erp_width",
+    "reduced_decoding",
 )
 
 
@@ -48,6 +50,7 @@ class PanoVLMImageProcessorKwargs(ImagesKwargs, total=False):
     overlap_ratio: float | int
     aspect_ratio_tolerance: float | int
     max_erp_width: int | None
+    reduced_decoding: bool
 
 
 class PanoVLMImageProcessor(BaseImageProcessor):
@@ -70,6 +73,10 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         do_normalize (`bool`): subtract `image_mean` and divide by `image_std` per channel.
         image_mean, image_std (`list[float]`): default SigLIP's (0.5, 0.5, 0.5).
         aspect_ratio_tolerance (`float`): largest relative deviation of width / height from 2 that is accepted.
+        reduced_decoding (`bool`): decode JPEG files at the smallest DCT scale (1/2, 1/4, 1/8 of the width) that still
+            has the resolution the views need, `erp_width_needed` pixels across (a 384-pixel view over 90 degrees
+            needs 1536): a 4096- or 8192-wide JPEG panorama then costs a fraction of its full decode. Applies to JPEG
+            files, URLs and bytes, not to other formats or to images passed already decoded (PIL, arrays).
         max_erp_width (`int`, *optional*): shrink wider panoramas to this width (area filter) before sampling
             the perspective / crop views; `None` (default) samples the original pixels.
 
@@ -120,6 +127,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         image_std: list[float] | tuple[float, ...] | None = None,
         aspect_ratio_tolerance: float = 0.01,
         max_erp_width: int | None = None,
+        reduced_decoding: bool = True,
         **kwargs,
     ):
         unknown = set(kwargs) - set(_HF_BOOKKEEPING_KEYS)
@@ -139,6 +147,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
         self.overlap_ratio = float(overlap_ratio)
         self.aspect_ratio_tolerance = float(aspect_ratio_tolerance)
         self.max_erp_width = max_erp_width
+        self.reduced_decoding = bool(reduced_decoding)
         build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)  # raises for impossible settings
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
@@ -150,6 +159,22 @@ class PanoVLMImageProcessor(BaseImageProcessor):
     def view_layout(self) -> ViewLayout:
         """The views every panorama is turned into (`build_view_layout` of this processor's settings)."""
         return build_view_layout(self.crop_strategy, self.fov_deg, self.overlap_ratio)
+
+    @property
+    def erp_width_needed(self) -> int:
+        """The equirectangular width at which the views sample at least one panorama pixel per view pixel:
+        `360 * image_size / fov` for the narrowest view (whole-panorama views need only `image_size`)."""
+        widths = [
+            self.image_size * (360.0 / view.hfov_deg if view.hfov_deg < 360.0 else 1.0) for view in self.view_layout.views
+        ]
+        return math.ceil(max(widths))
+
+    def load(self, image: PanoramaInput) -> torch.Tensor:
+        """`load_panorama` as this processor reads panoramas (8-bit kept uint8, JPEG decoded at a reduced scale when
+        `reduced_decoding`): every entry point that prepares views (training's collator included) loads through it,
+        so they all see the same pixels."""
+        min_width = self.erp_width_needed if self.reduced_decoding else None
+        return load_panorama(image, self.aspect_ratio_tolerance, keep_uint8=True, min_width=min_width)
 
     def to_dict(self) -> dict[str, Any]:
         # BaseImageProcessor.to_dict drops settings whose value is None (max_erp_width); every setting is kept.
@@ -178,7 +203,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
                     f"{options['rescale_factor']:g} again would darken it. Pass do_rescale=False (or uint8 data)."
                 )
             # 8-bit panoramas stay uint8 (often a view of the input): only the sampled values become float.
-            panorama = load_panorama(image, self.aspect_ratio_tolerance, keep_uint8=True)
+            panorama = self.load(image)
             panoramas.append(panorama if device is None else panorama.to(device))
 
         pixel_values = self._sample(panoramas)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from processing_panovlm.image_loading import load_panorama
 from processing_panovlm.processing_panovlm import PanoVLMProcessor
 
 from .augmentation import PanoramaAugmentation
@@ -51,7 +50,7 @@ class PanoVLMDataCollator:
 
     def load(self, row: dict) -> torch.Tensor:
         """The row's panorama as `(3, H, W)` float in [0, 1], augmented when an augmentation is set."""
-        panorama = load_panorama(row["image"], self.processor.image_processor.aspect_ratio_tolerance) / 255.0
+        panorama = self.processor.image_processor.load(row["image"]) / 255.0
         if self.augmentation is not None and row.get("augment", True):
             panorama = self.augmentation(panorama, row=row["row"], epoch=self.epoch)
         return panorama
