@@ -3,7 +3,6 @@ for a sub-command this installation lacks, console scripts that point at real fu
 and the example scripts as thin calls of the same functions."""
 
 import ast
-import importlib.util
 import logging
 import os
 import subprocess
@@ -41,23 +40,16 @@ def test_panovlm_help_lists_every_command(capsys):
     assert error.value.code == 2 and "invalid choice: 'trian'" in capsys.readouterr().err
 
 
-def test_a_missing_sub_command_is_named_not_stubbed(monkeypatch):
-    monkeypatch.setitem(COMMANDS, "probe", ("modeling_panovlm.cli.no_such_module", "not installed here"))
-    with pytest.raises(SystemExit, match=r"the 'probe' command is not available in this installation \(modeling_panovlm.cli.no_such_module is missing\)"):
-        cli.main(["probe", "--help"])
-
-
 def test_console_scripts_point_at_the_sub_commands():
     scripts = console_scripts()
     assert scripts.pop("panovlm") == "modeling_panovlm.cli:main"
     assert scripts == {f"panovlm-{name}": f"{module}:main" for name, (module, _) in COMMANDS.items()}
-    for name, (module, _) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:  # evaluate/infer/convert/export arrive with their own work
-            command = load_command(name)
-            assert callable(command.main) and callable(command.build_parser), name
+    for name in COMMANDS:
+        command = load_command(name)
+        assert callable(command.main) and callable(command.build_parser), name
 
 
-@pytest.mark.parametrize("name", ["train", "demo"])
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_sub_command_help_documents_every_flag_with_an_example(name, capsys):
     parser = load_command(name).build_parser()
     assert [a.option_strings for a in parser._actions if a.option_strings and not (a.help or "").strip()] == []

@@ -2,7 +2,6 @@
 predictions.csv / metrics.json / report.md; the command line."""
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modeling_panovlm.cli import evaluate as evaluate_cli
 from modeling_panovlm.evaluation import (
     evaluate_caption_table,
     generate_captions,
@@ -218,14 +218,11 @@ def test_evaluate_cli_generates_then_rescores_predictions(table_dir, tmp_path):
         ),
         (["--csv", "t.csv", "--output-dir", "o"], "give --model and --csv"),
         (["--predictions", "p.csv", "--model", "m", "--output-dir", "o"], "do not combine it with --model"),
-        (["--model", "m", "--csv", "t.csv", "--output-dir", "o", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--model", "m", "--csv", "t.csv", "--output-dir", "o", "--batch-size", "0"], "--batch-size: must be >= 1"),
         (["--predictions", "p.csv", "--output-dir", "o", "--tokenizer", "auto"], "invalid choice: 'auto'"),
     ],
 )
 def test_evaluate_cli_rejects_inconsistent_flags(argv, message, capsys):
-    spec = importlib.util.spec_from_file_location("evaluate_cli", EXAMPLES / "evaluate.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(argv)
+        evaluate_cli.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

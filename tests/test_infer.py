@@ -1,4 +1,5 @@
-"""Inference: the CLI (plain and streaming), the view picture, footprint geometry, and the README snippet."""
+"""Inference: the CLI (plain and streaming; the training prompt format; several prompts from one vision encoding),
+the view picture, footprint geometry, and the README snippet."""
 
 import math
 import re
@@ -8,12 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from configuration_panovlm.view_layout import ViewSpec
+from modeling_panovlm.cli import infer as infer_cli
+from modeling_panovlm.evaluation import greedy_generation_config
+from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from processing_panovlm.image_processing_panovlm import PanoVLMImageProcessor
+from processing_panovlm.processing_panovlm import DEFAULT_USER_TEMPLATE
 from processing_panovlm.visualization.views import (
     VIEW_COLOURS,
     draw_view_footprints,
@@ -106,3 +113,97 @@ def test_readme_streaming_snippet_runs(checkpoint, monkeypatch, capsys):
     monkeypatch.chdir(checkpoint)
     exec(compile(snippet, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+def run_infer(argv, capsys) -> tuple[int, str, str]:
+    try:
+        status = infer_cli.main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_infer_sends_the_training_prompt_unless_verbatim(checkpoint, monkeypatch, capsys):
+    """`--prompt "red object"` is wrapped in the saved user template after the saved system prompt, as training on a
+    caption table did; `--verbatim` sends it as the whole user turn."""
+    sent = []
+    original = infer_cli.generate_from_features
+
+    def recording(model, processor, prompts, *args, **kwargs):
+        sent.extend(prompts)
+        return original(model, processor, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(infer_cli, "generate_from_features", recording)
+    processor = AutoProcessor.from_pretrained(checkpoint / "tiny-panovlm")
+    argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--max-new-tokens", 2]
+    for extra, verbatim in (([], False), (["--verbatim"], True)):
+        sent.clear()
+        status, _, err = run_infer([*argv, "--prompt", "red object", *extra], capsys)
+        assert status == 0, err
+        messages = processor.build_messages("red object", verbatim=verbatim)
+        expected = processor.apply_chat_template(messages, add_generation_prompt=True)
+        assert sent == [processor.expand_image_tokens(expected)]
+    assert DEFAULT_USER_TEMPLATE.replace("{query}", "red object") not in sent[0] and "\nred object<|im_end|>" in sent[0]
+    sent.clear()
+    status, _, err = run_infer([*argv, "--prompt", "red object", "--system-prompt", "", "--user-template", "Find the {query}."], capsys)
+    assert status == 0, err
+    assert sent[0].startswith("<|im_start|>user\n") and "Find the red object.<|im_end|>" in sent[0]
+
+
+def test_infer_answers_several_prompts_from_one_vision_encoding(checkpoint, monkeypatch, capsys):
+    encodings = []
+    original = PanoVLMForConditionalGeneration.get_image_features
+
+    def counting(self, pixel_values, **kwargs):
+        encodings.append(pixel_values.shape[0])
+        return original(self, pixel_values, **kwargs)
+
+    monkeypatch.setattr(PanoVLMForConditionalGeneration, "get_image_features", counting)
+    questions = checkpoint / "questions.txt"
+    questions.write_text("What is behind the camera?\n\n  Which direction is the red object?  \n", encoding="utf-8")
+    argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--max-new-tokens", 6]
+    argv += ["--prompt", "red object", "--prompts-file", questions]
+    status, out, err = run_infer(argv, capsys)
+    assert status == 0, err
+    assert encodings == [1]  # one panorama encoded once for the three prompts
+    prompts = ["red object", "What is behind the camera?", "Which direction is the red object?"]
+    blocks = out.strip().split("\n\n")
+    assert [block.splitlines()[0] for block in blocks] == [f"Q: {prompt}" for prompt in prompts]
+    answers = [block.split("\nA: ", 1)[1] for block in blocks]
+
+    # The same answers as plain generate on the same batch, each prompt with the panorama.
+    encodings.clear()
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint / "tiny-panovlm").eval()
+    processor = AutoProcessor.from_pretrained(checkpoint / "tiny-panovlm")
+    texts = [processor.apply_chat_template(processor.build_messages(p), add_generation_prompt=True) for p in prompts]
+    inputs = processor(images=[str(checkpoint / "pano.jpg")] * 3, text=texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, generation_config=greedy_generation_config(model, 6))
+    expected = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answers == [text.strip() for text in expected]
+
+    encodings.clear()
+    status, streamed, err = run_infer([*argv, "--stream"], capsys)
+    assert status == 0, err
+    assert encodings == [1]
+    assert [block.split("\nA: ", 1)[1].strip() for block in streamed.strip().split("\n\n")] == answers
+
+
+def test_prompts_files_that_hold_no_usable_question_are_refused(checkpoint, tmp_path, capsys):
+    argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--prompts-file"]
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9?".encode("latin-1"))
+    for name, message in (("blank.txt", "holds no question"), ("latin1.txt", "is not UTF-8 text"), ("none.txt", "does not exist")):
+        status, _, err = run_infer([*argv, tmp_path / name], capsys)
+        assert status == 2 and f"{tmp_path / name} " in err and message in err
+
+
+def test_an_error_while_streaming_is_raised_not_waited_for(checkpoint, monkeypatch, capsys):
+    def failing(*args, **kwargs):
+        raise RuntimeError("generation failed half-way")
+
+    monkeypatch.setattr(infer_cli, "generate_from_features", failing)
+    argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--prompt", "red object", "--stream"]
+    with pytest.raises(RuntimeError, match="generation failed half-way"):
+        infer_cli.main([str(arg) for arg in argv])

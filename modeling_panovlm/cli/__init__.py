@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +20,10 @@ from collections.abc import Sequence
 # name -> (module, one line for `panovlm --help`)
 COMMANDS = {
     "train": ("modeling_panovlm.cli.train", "train a stage, or the stages of a run file, with transformers.Trainer"),
-    "evaluate": ("modeling_panovlm.cli.evaluate", "caption metrics of a checkpoint on a table, or of a predictions file"),
+    "evaluate": (
+        "modeling_panovlm.cli.evaluate",
+        "caption metrics of a checkpoint on a table, or of a predictions file",
+    ),
     "infer": ("modeling_panovlm.cli.infer", "answer questions about one panorama"),
     "convert": ("modeling_panovlm.cli.convert", "convert a PanoLLaVA checkpoint to a PanoVLM one"),
     "export": ("modeling_panovlm.cli.export", "export a checkpoint with its modelling code (trust_remote_code)"),
@@ -43,11 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_command(name: str):
-    """The module of sub-command `name`; a clear error when this installation does not have it."""
-    module_name = COMMANDS[name][0]
-    if importlib.util.find_spec(module_name) is None:
-        raise SystemExit(f"panovlm: the {name!r} command is not available in this installation ({module_name} is missing)")
-    return importlib.import_module(module_name)
+    """The module of sub-command `name`, imported only now (each command loads only what it needs)."""
+    return importlib.import_module(COMMANDS[name][0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,11 +56,18 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def configure_logging(log_level: str | None = None, quiet: bool = False, log_level_replica: str | None = None) -> int:
+def configure_logging(
+    log_level: str | None = None,
+    quiet: bool = False,
+    log_level_replica: str | None = None,
+    default: str | None = None,
+) -> int:
     """Set up the console for a command and return its level (see the module docstring). `log_level` is one of
     `LEVELS` (or None / "passive": transformers' verbosity); `quiet` shows errors only, without progress bars. The
     other processes of a distributed launch show warnings and errors, or what `log_level_replica` asks for (as
-    `TrainingArguments.log_level_replica`)."""
+    `TrainingArguments.log_level_replica`). `default` is the level of PanoVLM's own records when neither `log_level`
+    nor `TRANSFORMERS_VERBOSITY` says one (evaluation shows its progress lines at info; transformers' info lines,
+    every file it loads, stay hidden)."""
     main = is_main_process()
     if quiet:
         console = logging.ERROR
@@ -68,6 +75,15 @@ def configure_logging(log_level: str | None = None, quiet: bool = False, log_lev
         console = _level(log_level) if main else max(_level(log_level), logging.WARNING)
     else:
         console = _level(log_level_replica)
+    ours = console
+    if (
+        default is not None
+        and log_level is None
+        and main
+        and not quiet
+        and not os.environ.get("TRANSFORMERS_VERBOSITY")
+    ):
+        ours = _level(default)
     hf_logging = transformers.utils.logging
     # Records down to INFO are emitted on the main process, for the log file; the console handler filters them.
     emitted = min(console, logging.INFO) if main else console
@@ -75,14 +91,16 @@ def configure_logging(log_level: str | None = None, quiet: bool = False, log_lev
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
     for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(emitted)
+        logging.getLogger(name).setLevel(min(emitted, ours))
     logging.captureWarnings(True)
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     handler = _Console()
-    handler.setLevel(console)
+    handler.setLevel(min(console, ours))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_LibraryWarnings())
+    if ours < console:
+        handler.addFilter(lambda record: record.levelno >= console or record.name.split(".")[0] in LIBRARY_LOGGERS)
     _replace("console", handler)
     # The training bars stay (the Trainer's own, off with --quiet); the bars of each table filter and of every weight
     # load and save would bury them.

@@ -259,13 +259,28 @@ def score_predictions(
 
 
 def read_predictions(path: str | os.PathLike) -> list[PredictionRow]:
-    """Read predictions.csv (`url,query,prediction,annotation`), every value kept verbatim as a string."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    """Read predictions.csv (`url,query,prediction,annotation`), every value kept verbatim as a string. A UTF-8 BOM
+    is allowed; a file that is not UTF-8, or a row with fewer or more fields than the header (an unquoted comma),
+    raises `ValueError` naming the file and the line."""
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        missing = [column for column in PREDICTION_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(PREDICTION_COLUMNS)}")
-        rows = [PredictionRow(*(record[column] for column in PREDICTION_COLUMNS)) for record in reader]
+        try:
+            missing = [column for column in PREDICTION_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(PREDICTION_COLUMNS)}")
+            for record in reader:
+                if None in record or None in record.values():
+                    given = [value for key, value in record.items() if key is not None and value is not None]
+                    fields = len(given) + len(record.get(None, []))
+                    hint = "quote values that hold a comma" if None in record else "a value is missing"
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: {fields} fields where the header has "
+                        f"{len(reader.fieldnames)} ({hint})"
+                    )
+                rows.append(PredictionRow(*(record[column] for column in PREDICTION_COLUMNS)))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error})") from error
     if not rows:
         raise ValueError(f"{path} has a header but no rows")
     return rows

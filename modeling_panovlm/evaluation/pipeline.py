@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedModel
 
-from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 from processing_panovlm.data import (
     DataArguments,
     ProblemRecorder,
@@ -20,12 +19,14 @@ from processing_panovlm.data import (
     stream_caption_table,
 )
 
+from .baseline import OneImagePrompting
 from .generation import (
     generate_captions,
     generation_settings,
     greedy_generation_config,
     group_rows,
 )
+from .loading import is_panovlm
 from .metrics import PredictionRow, check_scoring_requirements, write_predictions
 from .report import write_evaluation_outputs
 
@@ -34,7 +35,7 @@ ROW_COLUMNS = ("row", "url", "query", "annotation", "source")
 STREAM_CHUNK_ROWS = 256  # rows of a stream grouped and generated together
 
 
-def _caption_table(processor, table_path, data_args, max_samples, generate) -> tuple:
+def _caption_table(tolerance, table_path, data_args, max_samples, generate) -> tuple:
     """A prepared table: every row checked first, then one `generate` over the first `max_samples` groups."""
     prepared = prepare_caption_table(
         table_path,
@@ -42,7 +43,7 @@ def _caption_table(processor, table_path, data_args, max_samples, generate) -> t
         split=data_args.eval_split,
         needs_text=True,
         drop_duplicates=True,
-        aspect_ratio_tolerance=processor.image_processor.aspect_ratio_tolerance,
+        aspect_ratio_tolerance=tolerance,
     )
     kept = prepared.rows
     groups = group_rows(kept)[:max_samples]
@@ -58,7 +59,7 @@ def _caption_table(processor, table_path, data_args, max_samples, generate) -> t
     return rows, row_groups, captions, failures, stats, list(prepared.problems), data
 
 
-def _caption_stream(processor, table_path, data_args, max_samples, generate, show_progress) -> tuple:
+def _caption_stream(tolerance, table_path, data_args, max_samples, generate, show_progress) -> tuple:
     """A stream: rows checked as they are read, generated in chunks (a group seen again reuses its caption); with
     `max_samples`, reading stops at the first row of group `max_samples + 1` (read, not scored)."""
     recorder = ProblemRecorder()
@@ -69,7 +70,7 @@ def _caption_stream(processor, table_path, data_args, max_samples, generate, sho
         split=data_args.eval_split,
         needs_text=True,
         drop_duplicates=True,
-        aspect_ratio_tolerance=processor.image_processor.aspect_ratio_tolerance,
+        aspect_ratio_tolerance=tolerance,
     )
     rows, row_groups, captions, failures = [], [], [], {}
     stats = Counter(generations=0, images_encoded=0, seconds=0.0)
@@ -119,7 +120,7 @@ def _caption_stream(processor, table_path, data_args, max_samples, generate, sho
 
 
 def evaluate_caption_table(
-    model: PanoVLMForConditionalGeneration,
+    model: PreTrainedModel,
     processor,
     table_path,
     output_dir: str | os.PathLike,
@@ -134,6 +135,9 @@ def evaluate_caption_table(
     model_name: str | None = None,
     tokenizer: str = "java-ptb",
     data_args: DataArguments | None = None,
+    *,
+    strip_think: bool | None = None,
+    one_image: OneImagePrompting | None = None,
 ) -> dict:
     """Evaluate `model` on a caption table and write `predictions.csv` (one row per reference), `metrics.json` and
     `report.md` into `output_dir`.
@@ -146,7 +150,9 @@ def evaluate_caption_table(
     the first N groups with all their rows (a stream stops reading at the first row of group N + 1). `protocols`
     defaults to both for the `coco` style and per-row for `panollava`. `seed` seeds sampling (it is recorded;
     greedy decoding does not need it). `tokenizer` as in `score_predictions`; what scoring needs is checked before
-    anything is read or generated. Returns the metrics.json content.
+    anything is read or generated. `model` may be any image-text-to-text model: one that is not a PanoVLM is a
+    baseline, asked about each panorama as one resized image as `one_image` says (see `generate_captions`, which
+    also explains `strip_think`). Returns the metrics.json content.
     """
     check_scoring_requirements(metrics_style, tokenizer)
     data_args = data_args or DataArguments()
@@ -154,15 +160,31 @@ def evaluate_caption_table(
     if seed is not None:
         torch.manual_seed(seed)
 
+    if is_panovlm(model):
+        tolerance = processor.image_processor.aspect_ratio_tolerance
+    else:
+        one_image = one_image or OneImagePrompting()
+        tolerance = one_image.aspect_ratio_tolerance
+    think = {"removed": strip_think, "with_think": 0, "out_of": 0, "unit": "caption"}
+    prompting: dict = {}
+
     def generate(groups, progress):
-        return generate_captions(
-            model, processor, groups, batch_size, config, show_progress and progress, log_interval
+        captions, failures, stats = generate_captions(
+            model, processor, groups, batch_size, config, show_progress and progress, log_interval,
+            strip_think=strip_think, one_image=one_image,
         )
+        # Per call (a stream's chunks add up): how the model was asked, and the <think> counts.
+        prompting.update(stats.pop("prompting"))
+        chunk_think = stats.pop("think")
+        think["removed"] = chunk_think["removed"]
+        think["with_think"] += chunk_think["with_think"]
+        think["out_of"] += chunk_think["out_of"]
+        return captions, failures, stats
 
     if data_args.streaming:
-        read = _caption_stream(processor, table_path, data_args, max_samples, generate, show_progress)
+        read = _caption_stream(tolerance, table_path, data_args, max_samples, generate, show_progress)
     else:
-        read = _caption_table(processor, table_path, data_args, max_samples, generate)
+        read = _caption_table(tolerance, table_path, data_args, max_samples, generate)
     rows, row_groups, captions, failures, stats, problems, data = read
     scored = []
     for row, group in sorted(row_groups):
@@ -175,8 +197,17 @@ def evaluate_caption_table(
         raise ValueError(f"no row of {table_path} could be evaluated ({len(problems)} dropped; see the reasons logged)")
     write_predictions(Path(output_dir) / "predictions.csv", scored)
     data = {"source": str(table_path), **data}
-    generation = {"model": model_name, "batch_size": batch_size, **stats, "settings": generation_settings(config, seed)}
-    return write_evaluation_outputs(output_dir, scored, protocols, metrics_style, problems, data, generation, tokenizer)
+    generation = {
+        "model": model_name,
+        "model_type": model.config.model_type,
+        "batch_size": batch_size,
+        **stats,
+        "prompting": prompting,
+        "settings": generation_settings(config, seed),
+    }
+    return write_evaluation_outputs(
+        output_dir, scored, protocols, metrics_style, problems, data, generation, tokenizer, think=think
+    )
 
 
 __all__ = ["evaluate_caption_table"]

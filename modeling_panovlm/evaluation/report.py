@@ -35,12 +35,15 @@ def write_evaluation_outputs(
     data: dict | None = None,
     generation: dict | None = None,
     tokenizer: str = "java-ptb",
+    *,
+    think: dict | None = None,
 ) -> dict:
     """Score `rows` and write `metrics.json` and `report.md` into `output_dir` (each written to a temporary file,
-    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record;
-    `metrics_style` and `tokenizer` as in `score_predictions`, which raises before anything is written. Both files
-    name the tokenizer the scores were computed with (`java-ptb`, `python` or `whitespace`). Returns the
-    metrics.json content."""
+    then renamed). `problems` are the rows dropped before scoring, `data` / `generation` extra facts to record,
+    `think` what was done about `<think>` reasoning in the predictions (`removed`, and `with_think` of `out_of`
+    counted in `unit`s); `metrics_style` and `tokenizer` as in `score_predictions`, which raises before anything
+    is written. Both files name the tokenizer the scores were computed with (`java-ptb`, `python` or
+    `whitespace`). Returns the metrics.json content."""
     results, tokenizer = score_predictions(rows, protocols, metrics_style, tokenizer)
     reasons = Counter(problem.reason for problem in problems)
     summary = {
@@ -55,6 +58,7 @@ def write_evaluation_outputs(
             "dropped_rows": [asdict(problem) for problem in problems],
         },
         "generation": generation,
+        "think": think,
         "versions": _versions(),
     }
     output_dir = Path(output_dir)
@@ -88,6 +92,10 @@ def render_report(summary: dict) -> str:
     data = summary["data"]
     dropped = ", ".join(f"{reason}: {count}" for reason, count in data["dropped_by_reason"].items()) or "none"
     lines.append(f"- Rows scored: {data['rows_scored']}; dropped: {data['rows_dropped']} ({dropped}).")
+    think = summary.get("think")
+    if think and think["with_think"]:
+        done = "removed before scoring" if think["removed"] else "scored as written"
+        lines.append(f"- <think> reasoning in {think['with_think']} of {think['out_of']} {think['unit']}s: {done}.")
     generation = summary["generation"]
     if generation:
         settings = generation["settings"]
