@@ -59,12 +59,15 @@ def imp(*candidates: str):
     """The first importable `module:attr` of `candidates` (new layout first, then the old one)."""
     import importlib
 
+    repo = Path(os.environ["ADVERSARIAL_REPO"]).resolve()
     for candidate in candidates:
         module, _, attr = candidate.partition(":")
         try:
             loaded = importlib.import_module(module)
         except ModuleNotFoundError:
             continue
+        if not Path(loaded.__file__).resolve().is_relative_to(repo):  # never another checkout's module
+            raise ImportError(f"{module} comes from {loaded.__file__}, outside {repo}")
         if not attr:
             return loaded
         if hasattr(loaded, attr):
@@ -92,7 +95,7 @@ def refusal(error: BaseException, *needles: str) -> tuple[str, str]:
 
 
 def env(ctx: Ctx) -> dict:
-    return {**os.environ, "PYTHONPATH": str(ctx.repo), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # PYTHONPATH: the server's
 
 
 def example(ctx: Ctx, script: str, *args, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -139,9 +142,15 @@ def identify(ctx: Ctx, target: Path) -> tuple[str, str]:
         model = load_model(target)
     except Exception as error:  # noqa: BLE001  (any failure to load is the observation)
         return "unloadable", f"{type(error).__name__}: {str(error)[:300]}"
+    import torch
+
     config_of = "b" if model.config.pe_temperature == 500.0 else "a"
-    saved = weights(target)
-    weights_of = next((n for n in ("a", "b") if same_tensors(saved, ctx.fixture_weights[n])), None)
+    state = model.state_dict()  # the loaded model, whatever files (one or several shards) it came from
+
+    def same(reference: dict) -> bool:
+        return all(key in state and torch.equal(state[key], value) for key, value in reference.items())
+
+    weights_of = next((n for n in ("a", "b") if same(ctx.fixture_weights[n])), None)
     if weights_of is None:
         return "mix", f"config of {config_of}, weights of neither saved model"
     if weights_of != config_of:
@@ -297,6 +306,94 @@ def concurrent_saves(ctx: Ctx, sources: tuple[str, ...], repeats: int, fresh: bo
 for _i, (_sources, _repeats, _fresh) in enumerate([(("a", "b"), 4, False), (("b", "a"), 6, True), (("a", "b", "b"), 3, False)]):
     case("concurrent", f"concurrent_saves_{len(_sources)}proc_{_i}", timeout=300,
          sources=_sources, repeats=_repeats, fresh=_fresh)(concurrent_saves)
+
+
+def kill_sharded_save(ctx: Ctx, point: int, points: int) -> tuple[str, str]:
+    """As kill_during_save, with the weights split in shards (an index and several files to keep consistent)."""
+    target = ctx.tmp / "ckpt"
+    models = [load_model(ctx.ws / "b"), load_model(ctx.ws / "a")]
+    models[1].save_pretrained(target, max_shard_size="300KB")
+    start = time.perf_counter()
+    models[0].save_pretrained(ctx.tmp / "timing", max_shard_size="300KB")
+    cycle = 2 * (time.perf_counter() - start)
+    ready_read, ready_write = os.pipe()
+
+    def saver():
+        os.write(ready_write, b"r")
+        while True:
+            for model in models:
+                model.save_pretrained(target, max_shard_size="300KB")
+
+    pid = _fork(saver)
+    os.read(ready_read, 1)
+    delay = cycle * (point + 0.5) / points + cycle
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    state, detail = identify(ctx, target)
+    shards = sorted(p.name for p in target.glob("model*.safetensors*"))
+    note = f"killed {delay:.2f}s into the sharded save loop: {state} ({detail}); weight files {shards}"
+    return ("good" if state in ("a", "b") else "data_loss"), note
+
+
+for _i in range(6):
+    case("kill", f"kill_sharded_save_point_{_i}", timeout=240, point=_i, points=6)(kill_sharded_save)
+
+
+@case("kill", "sharded_save_over_single_file_leaves_no_stale_weights")
+def sharded_over_single(ctx: Ctx) -> tuple[str, str]:
+    target = _copy_fixture(ctx, "a", ctx.tmp / "ckpt")
+    load_model(ctx.ws / "b").save_pretrained(target, max_shard_size="300KB")
+    files = sorted(p.name for p in target.glob("model*.safetensors*"))
+    state, detail = identify(ctx, target)
+    if state != "b":
+        return "data_loss", f"after a sharded save of b over a: {state} ({detail}); weight files {files}"
+    if "model.safetensors" in files:
+        return "silent_wrong", f"loads as b, but the old single-file weights stay next to the shards: {files}"
+    return "good", f"exactly b; weight files {files}"
+
+
+def trainer_checkpoint_kill(ctx: Ctx, delay: float) -> tuple[str, str]:
+    """SIGKILL a training run while it writes (and rotates) checkpoint-N; every checkpoint left must be usable."""
+    out = ctx.tmp / "run"
+    command = [sys.executable, str(ctx.repo / "examples" / "train.py"), "--stage", "vision", "--model", str(ctx.ws / "a"),
+               "--train-csv", str(ctx.ws / "data" / "train.csv"), "--output-dir", str(out), "--batch-size", "2",
+               "--max-steps", "12", "--save-steps", "1", "--save-total-limit", "2", "--logging-steps", "1"]
+    with open(ctx.tmp / "train.stderr", "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env(ctx), cwd=ctx.tmp)
+        deadline = time.perf_counter() + 300
+        while process.poll() is None and time.perf_counter() < deadline:
+            if out.exists() and any(p.name.startswith("checkpoint-") for p in out.iterdir()):
+                break
+            time.sleep(0.02)
+        time.sleep(delay)
+        if process.poll() is not None:
+            return "harness_error", f"the run ended (exit {process.returncode}) before the kill"
+        process.kill()
+        process.wait()
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                         key=lambda p: int(p.name.split("-")[-1]))
+    broken = []
+    for checkpoint in checkpoints:
+        problems = [name for name in ("trainer_state.json", "config.json") if not (checkpoint / name).exists()]
+        try:
+            load_model(checkpoint)
+        except Exception as error:  # noqa: BLE001
+            problems.append(f"does not load: {type(error).__name__}: {str(error)[:120]}")
+        if problems:
+            broken.append((checkpoint.name, problems))
+    note = f"killed {delay:.1f}s after the first checkpoint: {[p.name for p in checkpoints]}"
+    if checkpoints and broken and broken[-1][0] == checkpoints[-1].name:
+        return "data_loss", note + f"; the latest checkpoint (what resuming picks) is broken: {broken[-1]}"
+    if broken:
+        return "silent_wrong", note + f"; a half-written or half-deleted older checkpoint is left: {broken}"
+    if not checkpoints:
+        return "data_loss", note + "; no checkpoint left at all"
+    return "good", note + "; every checkpoint is complete"
+
+
+for _i, _delay in enumerate((0.0, 0.4, 0.8, 1.3, 2.0)):
+    case("kill", f"kill_trainer_during_checkpointing_{_i}", timeout=400, delay=_delay)(trainer_checkpoint_kill)
 
 
 @case("concurrent", "concurrent_model_and_processor_saves_keep_both", timeout=300)
@@ -1093,6 +1190,27 @@ for _defect in ("duplicate", "empty_reference", "unquoted_comma", "short_row", "
     case("tables", f"evaluation_table_{_defect}", timeout=300, defect=_defect)(table_evaluate)
 
 
+@case("tables", "evaluation_table_failing_url", timeout=300)
+def evaluation_failing_url(ctx: Ctx) -> tuple[str, str]:
+    rows = _rows(ctx)
+    evaluate = imp("modeling_panovlm.evaluation:evaluate_caption_table")
+    greedy = imp("modeling_panovlm.evaluation:greedy_generation_config")
+    model, processor = load_model(ctx.ws / "a"), load_processor(ctx.ws / "a")
+    with _Server(ctx) as server:
+        url = server.url + "/missing/pano.png"
+        path = ctx.tmp / "url.csv"
+        path.write_text("url,query,annotation\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows[:2]) + f"{url},front,a red circle\n")
+        try:
+            summary = evaluate(model, processor, path, ctx.tmp / "eval", generation_config=greedy(model, 3))
+        except Exception as error:  # noqa: BLE001
+            return refusal(error, url, "row 3|line 4")
+    text = json.dumps(summary)
+    units = summary.get("protocols", {}).get("per-row", {}).get("units")
+    if units == 2 and url in text and re.search(r'"row": 3\b', text):
+        return "good", f"row 3 ({url}) left out of the scores and reported; per-row units {units}"
+    return "silent_wrong", f"a failing URL row: per-row units {units}, reported: {url in text}"
+
+
 @case("tables", "control_clean_table_loads")
 def clean_table(ctx: Ctx) -> tuple[str, str]:
     data, expect = _table_text(ctx, "clean")
@@ -1312,8 +1430,21 @@ def serve(repo: Path, ws: Path) -> None:
         out.write(json.dumps(result) + "\n")
 
 
+# The venv's editable install of PanoVLM adds an import hook that finds sub-packages of `modeling_panovlm` /
+# `processing_panovlm` in its own checkout when the checkout under test lacks them (e.g. `processing_panovlm.data`
+# against cdbde97): every process of a run drops that hook, so only `--repo` is ever imported.
+SITECUSTOMIZE = """import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in (getattr(f, "__module__", None) or type(f).__module__)]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "Editable" not in getattr(h, "__qualname__", "")]
+sys.path_importer_cache.clear()
+"""
+
+
 def run_battery(repo: Path, selected: list[str], workdir: Path) -> list[dict]:
-    environment = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+    sitefix = workdir / "sitefix"
+    sitefix.mkdir(parents=True, exist_ok=True)
+    (sitefix / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    environment = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{sitefix}", "ADVERSARIAL_REPO": str(repo), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                    "HF_HOME": str(workdir / "hf_home")}
     # Online, as a user runs: the URL cases fetch from a server on 127.0.0.1, which offline mode would refuse.
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
