@@ -264,3 +264,13 @@ def test_the_finetune_stage_records_its_base_in_the_adapter(two_models, tmp_path
     with caplog.at_level("WARNING"):
         AutoModelForImageTextToText.from_pretrained(second).load_adapter(str(adapter))
     assert f"trained on the base model {first}" in caplog.text
+    # The evaluation / inference loader applies it with PeftModel.from_pretrained: it checks too.
+    from modeling_panovlm.evaluation import load_model_and_processor
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model_and_processor(first, adapter, device="cpu")
+    assert "trained on the base model" not in caplog.text
+    with caplog.at_level("WARNING"):
+        load_model_and_processor(second, adapter, device="cpu")
+    assert f"trained on the base model {first}" in caplog.text
