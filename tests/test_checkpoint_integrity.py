@@ -247,3 +247,30 @@ def test_an_adapter_on_another_base_of_the_same_architecture_is_flagged(two_mode
     with caplog.at_level("WARNING"):
         other.load_adapter(tmp_path / "adapter")
     assert f"trained on the base model {first}" in caplog.text
+
+
+def test_the_finetune_stage_records_its_base_in_the_adapter(two_models, tmp_path, caplog):
+    from modeling_panovlm.adapter_identity import base_fingerprint, recorded_adapter_base
+    from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
+    from modeling_panovlm.training.runner import StageOptions, run_stage
+
+    first, second = two_models
+    train_csv, _ = write_synthetic_dataset(tmp_path / "data", num=2, height=64, test_fraction=0.5, num_objects=1)
+    adapter = run_stage(StageOptions(
+        stage="finetune", model=str(first), train_csv=str(train_csv), output_dir=str(tmp_path / "finetune"),
+        max_steps=1, batch_size=2, lora_r=4, lora_alpha=8, report_to="none",
+    ))
+    assert recorded_adapter_base(adapter) == (base_fingerprint(AutoModelForImageTextToText.from_pretrained(first)), str(first))
+    with caplog.at_level("WARNING"):
+        AutoModelForImageTextToText.from_pretrained(second).load_adapter(str(adapter))
+    assert f"trained on the base model {first}" in caplog.text
+    # The evaluation / inference loader applies it with PeftModel.from_pretrained: it checks too.
+    from modeling_panovlm.evaluation import load_model_and_processor
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model_and_processor(first, adapter, device="cpu")
+    assert "trained on the base model" not in caplog.text
+    with caplog.at_level("WARNING"):
+        load_model_and_processor(second, adapter, device="cpu")
+    assert f"trained on the base model {first}" in caplog.text

@@ -14,6 +14,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from modeling_panovlm.adapter_identity import check_adapter_base
 from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 
 
@@ -86,6 +87,7 @@ def load_model_and_processor(
     if adapter is not None:
         from peft import PeftModel
 
+        check_adapter_base(model, adapter)  # PeftModel.from_pretrained has no hook for it: warns on another base
         model = _from_pretrained(lambda: PeftModel.from_pretrained(model, adapter), adapter, "adapter").merge_and_unload()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), processor

@@ -28,6 +28,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, EarlyStoppi
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from configuration_panovlm.atomic_files import write_text_atomically
+from modeling_panovlm.adapter_identity import base_fingerprint, record_adapter_base
 from modeling_panovlm.hub.cards import write_adapter_card
 from processing_panovlm.data import (
     DataArguments,
@@ -148,6 +149,8 @@ def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> 
         lora = lm_lora_config(
             options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_modules, options.lora_modules_to_save
         )
+        # Taken before the adapters wrap it: recorded in the adapter, so that applying it to another base warns.
+        base_identity = base_fingerprint(model)
         # PEFT initialises the adapters at random before the Trainer seeds: the same in every process (FSDP2, unlike
         # DDP, does not broadcast rank 0's weights) and from run to run.
         set_seed(options.seed)
@@ -199,6 +202,7 @@ def run_stage(options: StageOptions, data_args: DataArguments | None = None) -> 
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"stage {spec.name}")
         if spec.lora:  # instead of PEFT's template card, which names no PanoVLM base and the wrong pipeline
+            record_adapter_base(output_dir, base_identity, source)
             write_adapter_card(output_dir, training_data=options.train_csv)
         _write_summary(trainer, options, data_args, time.perf_counter() - begin)
     # No process returns before the output is complete: the next stage of a run file starts from it.
