@@ -90,13 +90,34 @@ def is_staging_name(name: str) -> bool:
     return name.startswith(".") and STAGING_MARK in name
 
 
+def remove_directory_atomically(path: str | os.PathLike) -> None:
+    """Delete the directory `path` so that it is never seen half-deleted: it is renamed to a staging name first (one
+    atomic step), then removed. A kill during the removal leaves only the staging name, which the next
+    `remove_abandoned_staging` of its folder (or the next write to `path`) clears."""
+    path = Path(path)
+    doomed = path.parent / f".{path.name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_abandoned_staging(folder: str | os.PathLike) -> None:
+    """Remove every staging entry in `folder` left by a process that no longer runs (killed mid-write or mid-delete)."""
+    for candidate in Path(folder).iterdir():
+        if is_staging_name(candidate.name):
+            _remove_if_abandoned(candidate, candidate.name.split(STAGING_MARK, 1)[1])
+
+
+def _remove_if_abandoned(candidate: Path, owner: str) -> None:
+    pid = owner.split("-", 1)[0]
+    if pid.isdigit() and not _process_exists(int(pid)):
+        shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink(missing_ok=True)
+
+
 def _remove_abandoned_staging(target: Path) -> None:
     """Remove staging directories of `target` left by processes that no longer run (killed mid-write)."""
     prefix = f".{target.name}{STAGING_MARK}"
     for candidate in target.parent.glob(f"{glob_escape(prefix)}*"):
-        pid = candidate.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not _process_exists(int(pid)):
-            shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink(missing_ok=True)
+        _remove_if_abandoned(candidate, candidate.name[len(prefix) :])
 
 
 def _process_exists(pid: int) -> bool:
@@ -199,4 +220,11 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-__all__ = ["atomic_directory", "is_staging_name", "write_bytes_atomically", "write_text_atomically"]
+__all__ = [
+    "atomic_directory",
+    "is_staging_name",
+    "remove_abandoned_staging",
+    "remove_directory_atomically",
+    "write_bytes_atomically",
+    "write_text_atomically",
+]

@@ -317,6 +317,11 @@ def _as_patch_budget(patches) -> int:
     return patches
 
 
+# A ring finer than this is a typo, not a layout (fov_deg=0.01 would ask for 72,000 views): every view costs a full
+# pass of the vision tower.
+MAX_RING_VIEWS = 64
+
+
 @lru_cache(maxsize=64)
 def _build_view_layout(
     crop_strategy: str,
@@ -360,6 +365,12 @@ def _build_view_layout(
     if not 0.0 < fov_deg <= max_fov:
         raise ValueError(f"fov_deg must be in (0, {max_fov:g}] for crop_strategy={crop_strategy!r}, got {fov_deg}")
     yaws, overlap = _ring_yaws(fov_deg, overlap_ratio)
+    if len(yaws) > MAX_RING_VIEWS:
+        raise ValueError(
+            f"fov_deg={fov_deg:g} with overlap_ratio={overlap_ratio:g} makes a ring of {len(yaws)} views; at most "
+            f"{MAX_RING_VIEWS} views per ring: with this overlap fov_deg must be in "
+            f"[{360.0 / (MAX_RING_VIEWS * (1.0 - overlap_ratio)):.4g}, {max_fov:g}]"
+        )
     vfov = fov_deg if vertical_crop_ratio == 1.0 else math.degrees(2 * math.atan(vertical_crop_ratio * math.tan(math.radians(fov_deg) / 2)))
     check_pitch_levels(pitch_levels, fov_deg, vfov)
     kind = "equirect" if crop_strategy == "sliding_window" else "perspective"

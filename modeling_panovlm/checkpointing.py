@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from configuration_panovlm.atomic_files import atomic_directory
+from configuration_panovlm.local_paths import check_local_path
 
 from .adapter_identity import check_adapter_base
 
@@ -81,13 +82,4 @@ def _is_model_file(name: str) -> bool:
     return _MODEL_FILE.fullmatch(name) is not None
 
 
-def check_local_path(name_or_path: str | os.PathLike) -> None:
-    """Raise `FileNotFoundError` for a path that can only be local (absolute, relative with `./`, `~`, or more than
-    one `/`, which no Hub repo id has) and does not exist, instead of the Hub client's "Repo id must be in the form"."""
-    text = os.fspath(name_or_path)
-    local = isinstance(name_or_path, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1
-    if local and not Path(text).expanduser().exists():
-        raise FileNotFoundError(f"the model directory {text!r} does not exist")
-
-
-__all__ = ["PanoVLMCheckpointMixin", "check_local_path"]
+__all__ = ["PanoVLMCheckpointMixin"]

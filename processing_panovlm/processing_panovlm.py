@@ -21,6 +21,7 @@ from transformers.tokenization_utils_base import TextInput
 
 from configuration_panovlm.atomic_files import atomic_directory
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
+from configuration_panovlm.local_paths import check_local_path
 from configuration_panovlm.view_layout import STITCHING_MODES
 
 from .image_processing_panovlm import PanoVLMImageProcessor, PanoVLMImageProcessorKwargs, flatten_panoramas
@@ -199,6 +200,13 @@ class PanoVLMProcessor(ProcessorMixin):
             system_prompt=system_prompt,
             user_template=user_template,
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "PanoVLMProcessor":
+        """`ProcessorMixin.from_pretrained`; a local path that does not exist raises `FileNotFoundError` saying so
+        (instead of the Hub client's "Repo id must be in the form ...")."""
+        check_local_path(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, writing `save_directory` as a whole or not at all

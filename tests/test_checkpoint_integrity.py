@@ -90,6 +90,46 @@ def test_staging_left_by_a_killed_process_is_removed_by_the_next_write(tmp_path)
     assert not abandoned.exists() and not any(is_staging_name(p.name) for p in tmp_path.rglob("*"))
 
 
+def test_a_directory_is_deleted_whole_or_not_at_all(tmp_path, monkeypatch):
+    from configuration_panovlm import atomic_files
+
+    doomed = tmp_path / "checkpoint-2"
+    doomed.mkdir()
+    for name in ("model.safetensors", "config.json", "trainer_state.json"):
+        (doomed / name).write_text(name)
+
+    def killed_midway(path):  # the process dies after the first file is gone
+        next(Path(path).iterdir()).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic_files.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_files.remove_directory_atomically(doomed)
+    monkeypatch.undo()
+    assert not doomed.exists()  # never a checkpoint-2 missing its weights
+    [left] = [p for p in tmp_path.iterdir() if is_staging_name(p.name)]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left.rename(tmp_path / f".checkpoint-2.staging-{dead.stdout.strip()}-abcdef")  # as if by a killed process
+    atomic_files.remove_abandoned_staging(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trainer_checkpoint_rotation_keeps_the_newest_complete_checkpoints(two_models, tmp_path):
+    from modeling_panovlm.testing.synthetic_panoramas import write_synthetic_dataset
+    from modeling_panovlm.training.runner import StageOptions, run_stage
+
+    train_csv, _ = write_synthetic_dataset(tmp_path / "data", num=2, height=64, test_fraction=0.5, num_objects=1)
+    output = tmp_path / "resampler"
+    run_stage(StageOptions(
+        stage="resampler", model=str(two_models[0]), train_csv=str(train_csv), output_dir=str(output),
+        max_steps=4, batch_size=2, save_steps=1, save_total_limit=2, report_to="none",
+    ))
+    checkpoints = sorted(p.name for p in output.iterdir() if p.name.startswith(("checkpoint-", ".checkpoint-")))
+    assert checkpoints == ["checkpoint-3", "checkpoint-4"]
+    for name in checkpoints:
+        AutoModelForImageTextToText.from_pretrained(output / name)
+
+
 def test_model_and_processor_saves_keep_each_others_files(two_models, tmp_path):
     first, _ = two_models
     model = AutoModelForImageTextToText.from_pretrained(first)
@@ -217,9 +257,11 @@ def test_weights_that_contradict_the_config_name_both_shapes(two_models, tmp_pat
 
 def test_a_missing_model_directory_says_so():
     from modeling_panovlm import PanoVLMForConditionalGeneration
+    from processing_panovlm import PanoVLMProcessor
 
-    with pytest.raises(FileNotFoundError, match="'out/no/such/run' does not exist"):
-        PanoVLMForConditionalGeneration.from_pretrained("out/no/such/run")
+    for cls in (PanoVLMForConditionalGeneration, PanoVLMProcessor):
+        with pytest.raises(FileNotFoundError, match="model directory out/no/such/run does not exist"):
+            cls.from_pretrained("out/no/such/run")
 
 
 # ---- adapters ------------------------------------------------------------------------------------------------------

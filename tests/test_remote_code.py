@@ -39,6 +39,7 @@ EXPECTED_MODULES = {
     "image_loading.py",
     "image_features.py",
     "image_processing_panovlm.py",
+    "local_paths.py",
     "modeling_panovlm.py",
     "outputs.py",
     "panorama.py",

@@ -148,6 +148,9 @@ def test_token_counts_per_row_and_stitching_mode():
         (("e2p", 90.0, 0.5, [0.0], 0.0), r"vertical_crop_ratio must be in \(0, 1\]"),
         (("anyres", 90.0, 0.5, [0.0], 1.0, 1), "anyres_max_patches must be an integer >= 2"),
         (("anyres", 90.0, 0.5, [0.0], 1.0, True), "anyres_max_patches must be an integer >= 2"),
+        (("e2p", 0.01, 0.5, [0.0]), r"makes a ring of 72000 views; at most 64 views per ring: with this overlap "
+                                    r"fov_deg must be in \[11.25, 179\]"),
+        (("sliding_window", 5.0, 0.0, [0.0]), r"ring of 72 views; .* must be in \[5.625, 180\]"),
     ],
 )
 def test_refused_settings_name_the_problem(args, message):
@@ -158,6 +161,7 @@ def test_refused_settings_name_the_problem(args, message):
 def test_edge_cases_that_are_accepted():
     # Views that reach exactly the pole, rows that exactly touch, a single ring off the horizon, ERP crop rows.
     assert build_view_layout("e2p", 90.0, 0.0, [45.0, 0.0, -45.0]).num_views == 12
+    assert build_view_layout("e2p", 11.25, 0.5).num_views == 64  # the finest ring allowed
     assert build_view_layout("e2p", 60.0, 0.0, [60.0, 0.0, -60.0]).row_overlaps == (0.0, 0.0)
     assert build_view_layout("e2p", 90.0, 0.0, [30.0]).pitch_levels_deg == (30.0,)
     assert build_view_layout("sliding_window", 90.0, 0.5, (45, 0, -45)).pitch_levels_deg == (45.0, 0.0, -45.0)

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from configuration_panovlm.local_paths import check_local_path
 from modeling_panovlm.adapter_identity import check_adapter_base
 from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 
@@ -44,10 +43,7 @@ def check_checkpoint_source(
         return
     if path.exists():
         raise NotADirectoryError(f"{kind} {path} is a file; give the directory it was saved to")
-    try:
-        validate_repo_id(str(name_or_path))
-    except HFValidationError:
-        raise FileNotFoundError(f"{kind} directory {path} does not exist") from None
+    check_local_path(name_or_path, kind)
 
 
 def _from_pretrained(load: Callable[[], T], name_or_path: str | os.PathLike, kind: str) -> T:

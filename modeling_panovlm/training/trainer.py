@@ -16,9 +16,14 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, pa
 from torch import nn
 from transformers import Trainer
 from transformers.trainer import FSDP_MODEL_NAME, TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
-from configuration_panovlm.atomic_files import STAGING_MARK, atomic_directory
+from configuration_panovlm.atomic_files import (
+    STAGING_MARK,
+    atomic_directory,
+    remove_abandoned_staging,
+    remove_directory_atomically,
+)
 
 from .losses import VICREG_MODES, VICRegWeights, gather_across_processes, overlap_vicreg_loss
 from .stages import StageSpec, base_model, base_parameter_name
@@ -230,13 +235,22 @@ class PanoVLMTrainer(Trainer):
                 for entry in staged.iterdir():
                     os.replace(entry, staging / entry.name)
             shutil.rmtree(staging_run)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            self._rotate_checkpoints_atomically(run_dir)
         self.accelerator.wait_for_everyone()
+
+    def _rotate_checkpoints_atomically(self, run_dir: Path) -> None:
+        """transformers' `rotate_checkpoints` rule (keep `save_total_limit`, always the newest and the best), but
+        each old `checkpoint-N` goes at once (`remove_directory_atomically`): transformers deletes it in place, so a
+        kill mid-delete left a partial `checkpoint-N` that neither loads nor resumes."""
+        remove_abandoned_staging(run_dir)
+        limit = self.args.save_total_limit
+        checkpoints = sort_checkpoints(str(run_dir), PREFIX_CHECKPOINT_DIR, use_mtime=True)
+        if not limit or limit <= 0 or len(checkpoints) <= limit:
+            return
+        protected = {checkpoints[-1]} | ({str(Path(self.state.best_model_checkpoint))} if self.state.best_model_checkpoint else set())
+        doomed = [c for c in checkpoints if c not in protected][: len(checkpoints) - max(limit, len(protected))]
+        for checkpoint in doomed:
+            remove_directory_atomically(checkpoint)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         sharded = self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
