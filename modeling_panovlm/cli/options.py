@@ -78,6 +78,60 @@ def image_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+# ---- PanoLLaVA run directories --------------------------------------------------------------------------------------
+def add_panollava_flags(parser: argparse.ArgumentParser, group) -> None:
+    """PanoLLaVA's `--checkpoint-dir` (an alias of `--model` that may name a PanoLLaVA run directory) and `--config`
+    (the run's training YAML)."""
+    group.add_argument(
+        "--checkpoint-dir",
+        help="PanoLLaVA's flag, an alias of --model: a PanoVLM checkpoint directory, or a PanoLLaVA run directory "
+        "(Lightning .ckpt files, checkpoint_metadata.json, lora_weights/), converted on the fly into a cache "
+        "directory ($PANOVLM_CONVERTED_CACHE, else $HF_HOME/panovlm/converted) that is reported and reused",
+    )
+    group.add_argument(
+        "--config",
+        help="PanoLLaVA's flag: the run's training YAML (configs/*.yaml). When --model is a PanoLLaVA run, it names "
+        "the towers if the run records none, and gives the PE, crop and prompt settings the checkpoint does not record",
+    )
+
+
+def read_panollava_flags(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Merge `--checkpoint-dir` into `--model` and translate `--config` (fast: nothing is loaded). Returns the
+    config's `ConfigMigration`, or None. Errors exit with status 2, naming the problem."""
+    from modeling_panovlm.conversion.config_migration import migrate_config
+    from modeling_panovlm.conversion.legacy_run import LegacyConversionError
+
+    if args.checkpoint_dir is not None:
+        if args.model is not None:
+            parser.error("give --model or --checkpoint-dir (its PanoLLaVA name), not both")
+        args.model = args.checkpoint_dir
+    if args.config is None:
+        return None
+    try:
+        return migrate_config(args.config)
+    except LegacyConversionError as error:
+        parser.error(f"--config {args.config}: {error}")
+
+
+def convert_panollava_run(parser: argparse.ArgumentParser, args: argparse.Namespace, migration) -> None:
+    """When `--model` is a PanoLLaVA run directory, convert it (or reuse its conversion) and point `args.model` at the
+    converted directory, and `args.adapter` at its LoRA adapter unless one was given; says which on stdout."""
+    from modeling_panovlm.conversion.run_cache import convert_run_dir, is_legacy_run_dir
+
+    if args.model is None or not is_legacy_run_dir(args.model):
+        return
+    try:
+        converted = convert_run_dir(args.model, migration)
+    except (OSError, ValueError) as error:  # LegacyConversionError is a ValueError
+        parser.error(f"{args.model} is a PanoLLaVA run directory that does not convert: {error}")
+    how = "reused its conversion" if converted.reused else "converted it"
+    print(f"{args.model} is a PanoLLaVA run: {how} into {converted.directory}", flush=True)
+    args.model = str(converted.directory)
+    if converted.adapter is not None and args.adapter is None:
+        args.adapter = str(converted.adapter)
+        print(f"applying its LoRA adapter {converted.adapter}", flush=True)
+
+
 # ---- logging ------------------------------------------------------------------------------------------------------
 def add_log_level_flag(parser: argparse.ArgumentParser, default: str = "info") -> None:
     parser.add_argument(
@@ -246,9 +300,11 @@ __all__ = [
     "add_data_flags",
     "add_generation_flags",
     "add_log_level_flag",
+    "add_panollava_flags",
     "add_prompt_flags",
     "check_generation_flags",
     "check_prompt_flags",
+    "convert_panollava_run",
     "data_args_from_flags",
     "data_flags_given",
     "float_in",
@@ -257,4 +313,5 @@ __all__ = [
     "image_size",
     "int_at_least",
     "prompting_from_flags",
+    "read_panollava_flags",
 ]
