@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 
 from configuration_panovlm.configuration_panovlm import PanoVLMConfig
 
@@ -345,7 +346,7 @@ def migrate_config(source: str | os.PathLike | dict, output_dir: str | None = No
     # Checked now, without the towers: a layout or stitching PanoVLM cannot build fails here, naming the field.
     try:
         PanoVLMConfig(resampler_config=resampler, **model_args["config"])
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, StrictDataclassError) as error:
         raise LegacyConversionError(f"the translated model config is not valid: {error}") from None
     run_file, test_csv = translate_training(t, model_args, output_dir)
     for block in unknown:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import constants
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoTokenizer
 
 from configuration_panovlm.atomic_files import atomic_directory
@@ -107,9 +108,18 @@ def convert_run_dir(
             f"{run_dir} does not convert: unused {report.unused}, missing {report.missing}, mismatched "
             f"{report.mismatched} (`panovlm convert --checkpoint-dir {run_dir}` prints the whole table)"
         )
+    configured_crop = model_args.get("config", {}).get("crop_strategy")
+    if configured_crop is not None and configured_crop != conversion.config.crop_strategy:
+        raise LegacyConversionError(
+            f"--config describes crop_strategy {configured_crop!r}, but {run_dir} was trained with "
+            f"{conversion.config.crop_strategy!r}: give the run's own training YAML"
+        )
     for name, value in settings.items():
         setattr(conversion.config, name, value)
-    conversion.config.validate()
+    try:
+        conversion.config.validate()
+    except StrictDataclassError as error:
+        raise LegacyConversionError(f"{run_dir} with the settings of --config: {error}") from None
     with atomic_directory(target) as staging:
         write_conversion(conversion, staging)
         if (staging / "adapter").is_dir():  # the adapter's base is where the directory ends up, not the staging
