@@ -282,3 +282,26 @@ def test_panollava_flags_refuse_what_cannot_work(legacy_run, towers, tmp_path, m
         convert_run_dir(broken, cache=tmp_path / "cache")
     status, _, err = run_main(infer_cli, ["--image", table, "--prompt", "x"], capsys)
     assert status == 2 and "--model (or --checkpoint-dir)" in err
+
+
+def test_config_flag_completes_what_the_run_does_not_record(legacy_run, towers, tmp_path, monkeypatch, capsys):
+    """`--config` (the run's training YAML) gives the PE, vertical crop and stitching the checkpoint does not
+    record, the test table when --csv-input is not given, and --output-dir defaults to PanoLLaVA's results dir."""
+    monkeypatch.setenv("PANOVLM_CONVERTED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    config = tiny_panollava_config(towers, tmp_path / "runs")
+    config["image_processing"]["crop_strategy"] = "e2p"
+    config["models"].update(resampler_type="bimamba", resampler_config={"latent_dimension": 64, "hidden_dim": 64})
+    (tmp_path / "e2p.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--checkpoint-dir", legacy_run, "--config", tmp_path / "e2p.yaml", "--max-samples", 1, "--max-new-tokens", 2,
+            "--metrics-style", "panollava"]
+    status, out, err = run_main(evaluate_cli, argv, capsys)
+    assert status == 0, err
+    converted = Path(out.split("converted it into ")[1].split()[0])
+    saved = PanoVLMConfig.from_pretrained(converted)
+    assert (saved.use_panorama_pe, saved.panorama_pe_type, saved.vertical_crop_ratio) == (True, "panollava", 0.9)
+    assert (tmp_path / "results" / "eval_results" / "run" / "predictions.csv").is_file()
+    config["image_processing"]["crop_strategy"] = "sliding_window"  # not what the run was trained with
+    (tmp_path / "sliding.yaml").write_text(yaml.safe_dump(config))
+    status, _, err = run_main(evaluate_cli, [*argv[:2], "--config", tmp_path / "sliding.yaml", *argv[4:]], capsys)
+    assert status == 2 and "was trained with 'e2p'" in err
