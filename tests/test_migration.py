@@ -103,7 +103,7 @@ def test_every_source_key_has_a_row_and_effective_values_are_explained(shape):
     for key in flatten(source):  # each key has its row, or its block's (a stage block training.stages does not run)
         row = next((row for row in rows if key == row or key.startswith(row + ".")), None)
         assert row is not None and row in table, key
-    assert not [row for row in migration.rows if "tool knows" in row.note]
+    assert not [row for row in migration.rows if row.note.startswith("UNKNOWN")]
     ignored = rows["image_processing.stitching_mode"]
     assert ignored.target is None and "models:" in ignored.note
     assert rows["models.stitching_mode (absent)"].used == "drop_overlap"
@@ -128,6 +128,11 @@ def test_flat_fields_the_predecessor_path_and_refusals():
     config["models"]["resampler_config"] = {"hidden_dim": 512}  # the BiMamba class defaults fill the rest
     resampler = migrate_config(config).model_args["resampler_config"]
     assert (resampler["depth"], resampler["dropout"], resampler["expand"], resampler["hidden_dim"]) == (2, 0.1, 2.0, 512)
+    config = shapes.default_yaml()
+    config["generation"]["temperature"] = 0.0  # PanoLLaVA then decoded greedily
+    assert migrate_config(config).model_args["generation"] == {"max_new_tokens": 128, "min_new_tokens": 5,
+                                                               "repetition_penalty": 1.1, "length_penalty": 1.0,
+                                                               "do_sample": False}
     config = shapes.sliding_yaml()
     config["image_processing"]["crop_strategy"] = "e2p"
     assert migrate_config(config).model_args["config"]["vertical_crop_ratio"] == 0.9
@@ -280,6 +285,8 @@ def test_panollava_flags_refuse_what_cannot_work(legacy_run, towers, tmp_path, m
     assert status == 2 and "does not convert" in err and not list((tmp_path / "cache").glob("broken-*"))
     with pytest.raises(LegacyConversionError, match="neither a bimamba nor an mlp"):
         convert_run_dir(broken, cache=tmp_path / "cache")
+    status, _, err = run_main(evaluate_cli, ["--checkpoint-dir", legacy_run.parent, "--csv-input", table], capsys)
+    assert status == 2 and f"give one of {legacy_run}" in err  # the experiment directory, not a stage run
     status, _, err = run_main(infer_cli, ["--image", table, "--prompt", "x"], capsys)
     assert status == 2 and "--model (or --checkpoint-dir)" in err
 

@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(migration.test_csv, str):
             parser.error(f"--config {args.config} names several test tables {migration.test_csv}: give --csv-input")
         args.csv = migration.test_csv
+    if migration is not None and args.max_new_tokens is None and not args.predictions:
+        args.max_new_tokens = migration.model_args["generation"]["max_new_tokens"]  # the YAML's generation block
     check_args(parser, args)
     configure_logging(args.log_level, default="info")
     protocols = None if args.protocol is None else list(PROTOCOLS) if args.protocol == "both" else [args.protocol]

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from transformers import GenerationConfig, PreTrainedModel
 
@@ -118,7 +119,12 @@ def convert_panollava_run(parser: argparse.ArgumentParser, args: argparse.Namesp
     converted directory, and `args.adapter` at its LoRA adapter unless one was given; says which on stdout."""
     from modeling_panovlm.conversion.run_cache import convert_run_dir, is_legacy_run_dir
 
-    if args.model is None or not is_legacy_run_dir(args.model):
+    if args.model is None or not Path(args.model).is_dir() or (Path(args.model) / "config.json").is_file():
+        return
+    if not is_legacy_run_dir(args.model):
+        stages = sorted({str(path.parent) for pattern in ("*/*.ckpt", "*/*/*.ckpt") for path in Path(args.model).glob(pattern)})
+        if stages:
+            parser.error(f"{args.model} holds PanoLLaVA stage runs, not one: give one of {', '.join(stages)}")
         return
     try:
         converted = convert_run_dir(args.model, migration)

@@ -113,8 +113,8 @@ class _Translator:
     def leftovers(self) -> None:
         for key in sorted(set(self.leaves) - self.handled):
             reason = next((why for prefix, why in DROPPED.items() if key == prefix or key.startswith(prefix + ".")), None)
-            self.rows.append(MappingRow(key, self.leaves[key], None, None, reason or "not a PanoLLaVA setting this "
-                                        "tool knows (PanoLLaVA's schema had no such key); not carried over"))
+            reason = reason or "UNKNOWN: not one of the PanoLLaVA settings this tool translates; not carried over"
+            self.rows.append(MappingRow(key, self.leaves[key], None, None, reason))
 
 
 def _number(value: Any, key: str) -> float:
@@ -368,8 +368,13 @@ def format_mapping_table(migration: ConfigMigration) -> str:
         lines.append(f"{row.source:{width}}  {shown(row.value):40}  ->  {where}")
         if row.note:
             lines.append(f"{'':{width}}  {'':40}      ({row.note})")
+    behaviours = sum(row.source.startswith("(behaviour)") for row in migration.rows)
     dropped = len(migration.not_carried)
-    lines.append(f"\n{len(migration.rows)} keys: {len(migration.rows) - dropped} carried over, {dropped} not carried over")
+    unknown = sum(row.note.startswith("UNKNOWN") for row in migration.rows)
+    lines.append(
+        f"\n{len(migration.rows) - behaviours - dropped} keys carried over, {dropped} not carried over ({unknown} "
+        f"unknown), {behaviours} behaviours of PanoLLaVA's code reproduced"
+    )
     return "\n".join(lines)
 
 

@@ -234,8 +234,14 @@ def translate_training(t, model_args: dict, output_dir: str | None) -> tuple[dic
     # PanoLLaVA clamped the temperature to [0.1, 1] and sampled whenever it was above 0.1.
     generation["temperature"] = min(max(float(generation["temperature"]), 0.1), 1.0)
     generation["do_sample"] = generation["temperature"] > 0.1
-    t.note("(behaviour) sampling", "temperature > 0.1", "model:generation.do_sample", generation["do_sample"],
-           "PanoLLaVA's eval sampled; `panovlm evaluate` decodes greedily unless --do-sample, which then uses these")
+    if generation["do_sample"]:
+        t.note("(behaviour) sampling", "temperature > 0.1", "model:generation.do_sample", True,
+               "PanoLLaVA's eval sampled; `panovlm evaluate` decodes greedily unless --do-sample, which then uses these")
+    else:
+        for key in ("temperature", "top_p", "top_k"):  # meaningless (and refused by GenerationConfig) when greedy
+            del generation[key]
+        t.note("(behaviour) sampling", "temperature <= 0.1", "model:generation.do_sample", False,
+               "PanoLLaVA decoded greedily at this temperature; its sampling settings are left out")
     model_args["generation"] = generation
     top["evaluation_max_new_tokens"] = int(generation["max_new_tokens"])
     top["evaluate_after_training"] = False
