@@ -312,3 +312,18 @@ def test_config_flag_completes_what_the_run_does_not_record(legacy_run, towers, 
     (tmp_path / "sliding.yaml").write_text(yaml.safe_dump(config))
     status, _, err = run_main(evaluate_cli, [*argv[:2], "--config", tmp_path / "sliding.yaml", *argv[4:]], capsys)
     assert status == 2 and "was trained with 'e2p'" in err
+
+
+def test_the_best_checkpoint_is_the_lowest_validation_loss(tmp_path):
+    """PanoLLaVA's layout: its ModelCheckpoint wrote the best as `..._epoch{EE}_loss{L}.ckpt` plus a newer
+    `last.ckpt`, and no `best.ckpt`; the converter takes the lowest recorded loss, as PanoLLaVA's stage chaining did."""
+    from modeling_panovlm.conversion.legacy_run import find_checkpoint
+
+    for name in ("siglip2_bimamba_anyres-e2p_train_epoch00_loss2.4910.ckpt", "x_epoch01_loss2.5100.ckpt",
+                 "x_epoch02_loss1e-1.ckpt", "last.ckpt"):
+        torch.save({}, tmp_path / name)
+    assert find_checkpoint(tmp_path).name == "x_epoch02_loss1e-1.ckpt"
+    (tmp_path / "x_epoch02_loss1e-1.ckpt").unlink()
+    assert find_checkpoint(tmp_path).name == "siglip2_bimamba_anyres-e2p_train_epoch00_loss2.4910.ckpt"
+    (tmp_path / "best.ckpt").symlink_to("x_epoch01_loss2.5100.ckpt")  # an explicit best wins
+    assert find_checkpoint(tmp_path).name == "best.ckpt"

@@ -259,7 +259,9 @@ def _translate_model_head(t: _Translator, latent: int) -> dict:
             config["resample_columns"] = int(t.get("models.stitch_target_cols"))
             t.take("models.stitch_target_cols", "model:resample_columns", config["resample_columns"])
         t.drop("models.stitch_target_to_view_width", "NOT REPRODUCED: set resample_columns to the view's token "
-               "columns in the model arguments to resample onto one view width")
+               "columns in the model arguments to resample onto one view width" if t.get(
+                   "models.stitch_target_to_view_width") else "false: the strip keeps its width, as resample_columns "
+               "does when unset")
     for key in ("models.stitch_interp", "models.stitch_target_cols", "models.stitch_target_to_view_width",
                 "models.stitch_stride_offset"):
         t.drop(key, "used by PanoLLaVA only with stitching_mode resample" if "offset" not in key else "stored, unused")

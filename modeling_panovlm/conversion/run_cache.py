@@ -1,6 +1,6 @@
 """PanoLLaVA run directories where a PanoVLM checkpoint is expected: `panovlm evaluate --checkpoint-dir RUN_DIR` and
-`panovlm infer --model RUN_DIR` convert the run on the fly (the converter's rules: `weights_only` load, `best.ckpt`
-else `last.ckpt` else the newest `.ckpt`, sizes from the weights, every key accounted for) into a cache directory
+`panovlm infer --model RUN_DIR` convert the run on the fly (the converter's rules: `weights_only` load, the best
+checkpoint by validation loss, sizes from the weights, every key accounted for) into a cache directory
 with a processor, and load that. The same run (same checkpoint file, size and time, same options) reuses its
 converted directory. The cache is `$PANOVLM_CONVERTED_CACHE`, else `$HF_HOME/panovlm/converted`."""
 
