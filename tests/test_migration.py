@@ -327,3 +327,27 @@ def test_the_best_checkpoint_is_the_lowest_validation_loss(tmp_path):
     assert find_checkpoint(tmp_path).name == "siglip2_bimamba_anyres-e2p_train_epoch00_loss2.4910.ckpt"
     (tmp_path / "best.ckpt").symlink_to("x_epoch01_loss2.5100.ckpt")  # an explicit best wins
     assert find_checkpoint(tmp_path).name == "best.ckpt"
+
+
+# The towers' published shapes (no weights needed): image tokens per panorama of each translated config.
+TOWER_CONFIGS = {
+    SIGLIP2: {"model_type": "siglip_vision_model", "image_size": 256, "patch_size": 16, "hidden_size": 1152,
+              "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16},
+    SIGLIP: {"model_type": "siglip_vision_model", "image_size": 224, "patch_size": 16, "hidden_size": 768,
+             "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+}
+
+
+@pytest.mark.parametrize(("shape", "views", "tokens"), [
+    # PanoLLaVA's counts (reference §2.7): resize 196 and sliding 882 alike; anyres_e2p 1280 there (its global view
+    # stitched as the first strip view) vs 256 + 1152 here; cubemap 490 there (half of every later face dropped as if
+    # faces overlapped) vs every face token here.
+    ("default", 9, 1408), ("anyres_e2p", 9, 1408), ("anyres_e2p_mlp", 9, 1408), ("panovlm", 9, 1408),
+    ("resize", 1, 196), ("cubemap", 4, 784), ("sliding_window", 8, 882),
+])
+def test_translated_configs_with_the_real_tower_shapes(shape, views, tokens):
+    args = migrate_config(shapes.SHAPES[shape]()).model_args
+    config = PanoVLMConfig(vision_config=TOWER_CONFIGS[args["vision_model_name_or_path"]],
+                           text_config={"model_type": "qwen3", "hidden_size": 1024, "vocab_size": 151936},
+                           resampler_config=args["resampler_config"], **args["config"])
+    assert (config.num_views, config.num_image_tokens) == (views, tokens)
