@@ -260,7 +260,8 @@ def test_checkpoint_dir_of_a_panollava_run_evaluates_as_its_conversion(towers, l
     assert status == 0 and f"reused its conversion into {converted}" in out, err
     image = towers / "data" / predictions(tmp_path / "manual")[0]["url"]
     answers = []
-    for model_flag in (["--checkpoint-dir", legacy_run], ["--model", by_hand]):
+    towers_flags = ["--vision-config", towers / "vision", "--text-config", towers / "text"]  # the recorded towers, named
+    for model_flag in (["--checkpoint-dir", legacy_run, *towers_flags], ["--model", by_hand]):
         status, out, err = run_main(infer_cli, [*model_flag, "--image", image, "--prompt", "location",
                                                 "--max-new-tokens", 4], capsys)
         assert status == 0, err
@@ -287,6 +288,9 @@ def test_panollava_flags_refuse_what_cannot_work(legacy_run, towers, tmp_path, m
         convert_run_dir(broken, cache=tmp_path / "cache")
     status, _, err = run_main(evaluate_cli, ["--checkpoint-dir", legacy_run.parent, "--csv-input", table], capsys)
     assert status == 2 and f"give one of {legacy_run}" in err  # the experiment directory, not a stage run
+    status, _, err = run_main(evaluate_cli, ["--model", towers / "text", "--vision-config", towers / "vision", "--csv",
+                                             table, "--output-dir", tmp_path / "z"], capsys)
+    assert status == 2 and "is not a PanoLLaVA run" in err
     status, _, err = run_main(infer_cli, ["--image", table, "--prompt", "x"], capsys)
     assert status == 2 and "--model (or --checkpoint-dir)" in err
 

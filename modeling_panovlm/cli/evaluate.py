@@ -166,8 +166,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"{', '.join(generation_only)} only apply when generating (--model and --csv)")
     elif not (args.model and args.csv):
         parser.error(
-            "give --model (or --checkpoint-dir) and --csv (or --csv-input) to generate and score, or --predictions to "
-            "score an existing file"
+            "give --model and --csv (PanoLLaVA's --checkpoint-dir and --csv-input) to generate and score, or "
+            "--predictions to score an existing file"
         )
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output-dir {args.output_dir} is a file, not a directory")

@@ -94,6 +94,16 @@ def add_panollava_flags(parser: argparse.ArgumentParser, group) -> None:
         help="PanoLLaVA's flag: the run's training YAML (configs/*.yaml). When --model is a PanoLLaVA run, it names "
         "the towers if the run records none, and gives the PE, crop and prompt settings the checkpoint does not record",
     )
+    group.add_argument(
+        "--vision-config",
+        help="with a PanoLLaVA run: its vision tower (a model directory, a config.json or a Hub id; default: the name "
+        "the run recorded, else --config's)",
+    )
+    group.add_argument(
+        "--text-config",
+        help="with a PanoLLaVA run: its language model, whose tokenizer the converted processor uses (a model "
+        "directory or a Hub id; default: the name the run recorded, else --config's)",
+    )
 
 
 def read_panollava_flags(parser: argparse.ArgumentParser, args: argparse.Namespace):
@@ -119,7 +129,11 @@ def convert_panollava_run(parser: argparse.ArgumentParser, args: argparse.Namesp
     converted directory, and `args.adapter` at its LoRA adapter unless one was given; says which on stdout."""
     from modeling_panovlm.conversion.run_cache import convert_run_dir, is_legacy_run_dir
 
-    if args.model is None or not Path(args.model).is_dir() or (Path(args.model) / "config.json").is_file():
+    legacy = args.model is not None and Path(args.model).is_dir() and not (Path(args.model) / "config.json").is_file()
+    if not legacy:
+        given = [flag for flag in ("--vision-config", "--text-config") if getattr(args, flag[2:].replace("-", "_"))]
+        if given:
+            parser.error(f"{', '.join(given)} describe(s) a PanoLLaVA run's towers; {args.model} is not a PanoLLaVA run")
         return
     if not is_legacy_run_dir(args.model):
         stages = sorted({str(path.parent) for pattern in ("*/*.ckpt", "*/*/*.ckpt") for path in Path(args.model).glob(pattern)})
@@ -127,7 +141,7 @@ def convert_panollava_run(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"{args.model} holds PanoLLaVA stage runs, not one: give one of {', '.join(stages)}")
         return
     try:
-        converted = convert_run_dir(args.model, migration)
+        converted = convert_run_dir(args.model, migration, args.vision_config, args.text_config)
     except (OSError, ValueError) as error:  # LegacyConversionError is a ValueError
         parser.error(f"{args.model} is a PanoLLaVA run directory that does not convert: {error}")
     how = "reused its conversion" if converted.reused else "converted it"
