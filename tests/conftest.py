@@ -1,10 +1,44 @@
-"""Shared fixtures: tiny random checkpoints built offline."""
+"""Shared fixtures: tiny random checkpoints built offline; every test leaves the process's logging as it found it."""
+
+import logging
 
 import pytest
 import torch
 
 from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
+
+
+LOGGERS = ("transformers", "configuration_panovlm", "processing_panovlm", "modeling_panovlm")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """A command run in-process (`cli.main([...])`) sets up the console: handlers on the root logger, transformers'
+    verbosity, captured warnings, hidden progress bars. Put everything back, so that no later test sees it (upstream
+    config tests, for one, assert that nothing is logged at transformers' default verbosity)."""
+    import datasets
+    import transformers
+
+    from modeling_panovlm.cli import console
+
+    root = logging.getLogger()
+    saved = [(root, root.handlers[:], root.level, root.propagate)]
+    saved += [(log, log.handlers[:], log.level, log.propagate) for log in map(logging.getLogger, LOGGERS)]
+    installed = dict(console._installed)
+    yield
+    for log, handlers, level, propagate in saved:
+        log.handlers[:] = handlers
+        log.setLevel(level)
+        log.propagate = propagate
+    for kind, handler in list(console._installed.items()):
+        if installed.get(kind) is not handler:
+            handler.close()
+    console._installed.clear()
+    console._installed.update(installed)
+    logging.captureWarnings(False)
+    transformers.utils.logging.enable_progress_bar()
+    datasets.enable_progress_bars()
 
 
 @pytest.fixture(scope="session")

@@ -70,25 +70,7 @@ def test_python_m_cli_and_the_example_scripts_are_the_same_commands():
     assert "from modeling_panovlm.cli.train import main" in source and len(source.splitlines()) < 25
 
 
-@pytest.fixture
-def restore_logging():
-    """The console set-up of a command changes the process's logging; put it back."""
-    import datasets
-    import transformers
-
-    root, hf_root = logging.getLogger(), logging.getLogger("transformers")
-    saved = (root.handlers[:], root.level, hf_root.handlers[:], hf_root.level, hf_root.propagate)
-    yield
-    root.handlers[:], hf_root.handlers[:] = saved[0], saved[2]
-    root.setLevel(saved[1])
-    hf_root.setLevel(saved[3])
-    hf_root.propagate = saved[4]
-    logging.captureWarnings(False)
-    transformers.utils.logging.enable_progress_bar()
-    datasets.enable_progress_bars()
-
-
-def test_console_verbosity_follows_flags_transformers_and_the_process_rank(restore_logging, monkeypatch, tmp_path, capsys):
+def test_console_verbosity_follows_flags_transformers_and_the_process_rank(monkeypatch, tmp_path, capsys):
     import transformers
 
     from modeling_panovlm.cli import console

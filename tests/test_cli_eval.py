@@ -196,7 +196,11 @@ def test_checkpoint_sources_that_can_only_be_paths_are_checked_locally(tmp_path)
     with pytest.raises(FileNotFoundError, match="model directory .*nope does not exist"):
         check_checkpoint_source(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="holds no adapter_config.json"):
-        check_checkpoint_source(tmp_path, "adapter", "adapter_config.json")
+        check_checkpoint_source(tmp_path, "adapter", ("adapter_config.json",))
+    with pytest.raises(FileNotFoundError, match="holds no config.json or adapter_config.json: it is not a saved model"):
+        check_checkpoint_source(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    check_checkpoint_source(tmp_path)  # an adapter directory: the Auto classes load it on top of its base
     check_checkpoint_source("org/some-model")  # a Hub id: looked up by transformers, not here
 
 

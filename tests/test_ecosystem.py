@@ -1,6 +1,6 @@
 """PanoVLM through the HuggingFace ecosystem's own entry points: the README's "Use it with" snippets (pipeline, TRL,
-PEFT, accelerate) run as written, then their results are checked; `transformers serve` is a strict expected
-failure naming the transformers limitation that blocks it."""
+PEFT, accelerate) run as written, then their results are checked; `transformers serve` either answers a chat
+request with a panorama or stops on exactly the upstream limitation the README documents."""
 
 from __future__ import annotations
 
@@ -115,9 +115,9 @@ if __name__ == "__main__":
 SERVE_LIMITATION = "module transformers has no attribute PanoVLMForConditionalGeneration"
 
 
-class TransformersServeCannotLoadOutOfTreeModels(RuntimeError):
-    """transformers/cli/serving/model_manager.py (5.25), line 833: `getattr(transformers, config.architectures[0])`
-    finds only classes shipped inside transformers; line 773 decides the modality by the same in-tree names."""
+# transformers/cli/serving/model_manager.py (5.25), line 833: `getattr(transformers, config.architectures[0])` finds
+# only classes shipped inside transformers; line 773 decides the modality by the same in-tree names.
+README_SERVE_CAVEAT = "**`transformers serve`** does not serve PanoVLM"
 
 
 def _free_port() -> int:
@@ -126,8 +126,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.xfail(raises=TransformersServeCannotLoadOutOfTreeModels, strict=True, reason=TransformersServeCannotLoadOutOfTreeModels.__doc__)
-def test_transformers_serve_answers_a_chat_request_with_a_panorama(workdir, tmp_path):
+def test_transformers_serve_answers_a_chat_request_or_stops_on_the_documented_limitation(workdir, tmp_path):
+    """While transformers cannot load out-of-tree architectures the server must stop on exactly that (any other
+    failure is ours) and the README must say so; once a release lifts it, the chat request must be answered and the
+    README's caveat must go."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     import base64
 
     script = tmp_path / "serve_panovlm.py"
@@ -143,9 +146,9 @@ def test_transformers_serve_answers_a_chat_request_with_a_panorama(workdir, tmp_
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 text = log.read_text()
-                if SERVE_LIMITATION in text:
-                    raise TransformersServeCannotLoadOutOfTreeModels(text[-2000:])
-                raise AssertionError(f"transformers serve stopped:\n{text[-4000:]}")
+                assert SERVE_LIMITATION in text, f"transformers serve stopped:\n{text[-4000:]}"
+                assert README_SERVE_CAVEAT in readme, "serve stops on the upstream limitation: the README must say so"
+                return
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
                 break
@@ -176,6 +179,7 @@ def test_transformers_serve_answers_a_chat_request_with_a_panorama(workdir, tmp_
             timeout=120,
         )
         assert json.loads(reply.read())["choices"][0]["message"]["content"]
+        assert README_SERVE_CAVEAT not in readme, "transformers serve now serves PanoVLM: drop the README's caveat"
     finally:
         server.terminate()
         server.wait(30)

@@ -12,10 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
-import transformers
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -60,21 +58,6 @@ def workspace(tmp_path_factory):
     with train_csv.open(newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 6
     return root
-
-
-@pytest.fixture
-def restore_logging():
-    """`main()` in-process sets up the console the way a command does; put the test process's logging back."""
-    root, hf_root = logging.getLogger(), logging.getLogger("transformers")
-    saved = (root.handlers[:], root.level, hf_root.handlers[:], hf_root.level, hf_root.propagate)
-    yield
-    root.handlers[:], hf_root.handlers[:] = saved[0], saved[2]
-    root.setLevel(saved[1])
-    hf_root.setLevel(saved[3])
-    hf_root.propagate = saved[4]
-    logging.captureWarnings(False)
-    transformers.utils.logging.enable_progress_bar()
-    datasets.enable_progress_bars()
 
 
 def write_run_file(workspace: Path, run_dir: Path) -> Path:
@@ -220,7 +203,7 @@ def test_a_run_shorter_than_logging_steps_succeeds_without_a_plot(workspace):
     loads_cleanly(out)
 
 
-def test_out_of_range_values_and_missing_models_are_refused_naming_the_range(workspace, tmp_path, capsys, restore_logging):
+def test_out_of_range_values_and_missing_models_are_refused_naming_the_range(workspace, tmp_path, capsys):
     flags = ["--stage", "vision", "--model", str(workspace / "tiny"), "--train-csv", "t.csv", "--output-dir", str(tmp_path / "o")]
     for extra, message in [
         (["--max-steps", "0"], "--max-steps must be -1 (train --num-train-epochs) or at least 1, got 0"),
@@ -250,7 +233,7 @@ def test_out_of_range_values_and_missing_models_are_refused_naming_the_range(wor
         resolve_model_source("missing/dir/tiny")
 
 
-def test_bad_command_lines_and_run_files_give_clear_errors(workspace, tmp_path, capsys, restore_logging):
+def test_bad_command_lines_and_run_files_give_clear_errors(workspace, tmp_path, capsys):
     def error_of(*argv) -> str:
         with pytest.raises(SystemExit) as error:
             train_main([str(a) for a in argv])

@@ -85,8 +85,8 @@ def configure_logging(
     ):
         ours = _level(default)
     hf_logging = transformers.utils.logging
-    # Records down to INFO are emitted on the main process, for the log file; the console handler filters them.
-    emitted = min(console, logging.INFO) if main else console
+    # With a log file (main process only), records down to INFO are emitted for it; the console handler filters them.
+    emitted = min(console, logging.INFO) if "file" in _installed else console
     hf_logging.set_verbosity(emitted)
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
@@ -131,6 +131,12 @@ def attach_log_file(path: str | Path, level: int = logging.INFO) -> Path | None:
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _replace("file", handler)
+    # The file keeps records the console does not show: let them be emitted (the console handler filters them).
+    hf_logging = transformers.utils.logging
+    hf_logging.set_verbosity(min(hf_logging.get_verbosity(), level))
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.setLevel(min(library.getEffectiveLevel(), level))
     logging.getLogger(__name__).info("command line: %s", " ".join(sys.argv))
     return path
 

@@ -20,12 +20,17 @@ from modeling_panovlm.modeling_panovlm import PanoVLMForConditionalGeneration
 T = TypeVar("T")
 
 
-def check_checkpoint_source(name_or_path: str | os.PathLike, kind: str = "model", marker: str = "config.json") -> None:
+def check_checkpoint_source(
+    name_or_path: str | os.PathLike,
+    kind: str = "model",
+    markers: tuple[str, ...] = ("config.json", "adapter_config.json"),
+) -> None:
     """Refuse, before anything is loaded, a `name_or_path` that can only be a local directory and is not a usable
     one.
 
     A value that exists on disk, or that cannot be a Hub repo id (`./run`, `/abs/dir`, `a/b/c`, ...), is a local path:
-    it must be a directory holding `marker`. Anything else is left to be looked up on the Hub.
+    it must be a directory holding one of `markers` (a model: its config, or a PEFT adapter, which the Auto classes
+    load on top of the base it names). Anything else is left to be looked up on the Hub.
 
     Raises:
         FileNotFoundError: the directory does not exist, or holds no `marker`.
@@ -33,8 +38,8 @@ def check_checkpoint_source(name_or_path: str | os.PathLike, kind: str = "model"
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / marker).is_file():
-            raise FileNotFoundError(f"{kind} directory {path} holds no {marker}: it is not a saved {kind}")
+        if not any((path / marker).is_file() for marker in markers):
+            raise FileNotFoundError(f"{kind} directory {path} holds no {' or '.join(markers)}: it is not a saved {kind}")
         return
     if path.exists():
         raise NotADirectoryError(f"{kind} {path} is a file; give the directory it was saved to")
@@ -73,7 +78,7 @@ def load_model_and_processor(
     """
     check_checkpoint_source(model_name_or_path)
     if adapter is not None:
-        check_checkpoint_source(adapter, "adapter", "adapter_config.json")
+        check_checkpoint_source(adapter, "adapter", ("adapter_config.json",))
     model = _from_pretrained(
         lambda: AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype="auto"), model_name_or_path, "model"
     )
