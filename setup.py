@@ -45,6 +45,7 @@ setup(
             "panovlm-evaluate = modeling_panovlm.cli.evaluate:main",
             "panovlm-infer = modeling_panovlm.cli.infer:main",
             "panovlm-convert = modeling_panovlm.cli.convert:main",
+            "panovlm-migrate-config = modeling_panovlm.cli.migrate_config:main",
             "panovlm-export = modeling_panovlm.cli.export:main",
             "panovlm-demo = modeling_panovlm.cli.demo:main",
         ]

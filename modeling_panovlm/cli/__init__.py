@@ -26,13 +26,17 @@ COMMANDS = {
     ),
     "infer": ("modeling_panovlm.cli.infer", "answer questions about one panorama"),
     "convert": ("modeling_panovlm.cli.convert", "convert a PanoLLaVA checkpoint to a PanoVLM one"),
+    "migrate-config": (
+        "modeling_panovlm.cli.migrate_config",
+        "translate a PanoLLaVA config.yaml into a run file and the model it starts from",
+    ),
     "export": ("modeling_panovlm.cli.export", "export a checkpoint with its modelling code (trust_remote_code)"),
     "demo": ("modeling_panovlm.cli.demo", "end to end on CPU: tiny model, synthetic panoramas, three stages"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items())
+    listing = "\n".join(f"  {name:<14} {summary}" for name, (_, summary) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="panovlm",
         description=__doc__.split("\n\n", 2)[1] if __doc__ else None,

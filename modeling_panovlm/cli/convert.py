@@ -5,8 +5,9 @@ examples:
     panovlm convert --checkpoint-dir RUN_DIR --output-dir OUT \\
         --vision-config google/siglip2-so400m-patch16-256 --text-config Qwen/Qwen3-0.6B
 
-RUN_DIR is a PanoLLaVA stage directory (`runs/{experiment}/{stage}/{crop}_{resampler}/`): `best.ckpt`, else
-`last.ckpt`, else the newest `.ckpt` is converted, with `checkpoint_metadata.json` and `lora_weights/` when present.
+RUN_DIR is a PanoLLaVA stage directory (`runs/{experiment}/{stage}/{crop}_{resampler}/`): `best.ckpt`, else the
+`.ckpt` whose name records the lowest validation loss (`..._loss2.4910.ckpt`), else `last.ckpt`, else the newest
+`.ckpt` is converted, with `checkpoint_metadata.json` and `lora_weights/` when present.
 OUT becomes a `from_pretrained` directory (config.json, model.safetensors, generation_config.json), plus
 `OUT/adapter/` for LoRA runs. PanoLLaVA saved no tower configs: `--vision-config` / `--text-config` (a config.json,
 a model directory or a Hub id) default to the model names the run recorded.

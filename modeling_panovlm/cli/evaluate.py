@@ -6,9 +6,14 @@ examples:
         --do-sample --temperature 0.7 --top-p 0.9 --seed 0
     panovlm evaluate --model llava-hf/llava-1.5-7b-hf --csv test.csv --output-dir eval-llava/   # a baseline
     panovlm evaluate --predictions eval/predictions.csv --output-dir rescored/ --metrics-style panollava
+    panovlm evaluate --checkpoint-dir runs/exp/finetune/anyres-e2p_bimamba --csv-input test.csv --max-samples 100 \
+        --config configs/anyres_e2p.yaml                            # a PanoLLaVA run, with PanoLLaVA's flags
 
 --model is a PanoVLM checkpoint (asked through its panorama processor, in the prompt format saved with it), or any
-other AutoModelForImageTextToText checkpoint, scored as a baseline: the whole panorama resized to one image
+other AutoModelForImageTextToText checkpoint, scored as a baseline. PanoLLaVA's flags work too: --checkpoint-dir
+(a PanoLLaVA run directory is converted on the fly and the converted directory reported; see `panovlm convert`),
+--csv-input, --config (its YAML: the test table when --csv-input is not given, and what the checkpoint does not
+record); --output-dir then defaults to results/eval_results/<run name>. A general model is scored the whole panorama resized to one image
 (--baseline-image-size) and asked through the model's own processor and chat template, with PanoVLM's default
 prompt words unless --system-prompt / --user-template say otherwise. Both are scored by the same code.
 
@@ -50,15 +55,18 @@ from .options import (
     add_data_flags,
     add_generation_flags,
     add_log_level_flag,
+    add_panollava_flags,
     add_prompt_flags,
     check_generation_flags,
     check_prompt_flags,
+    convert_panollava_run,
     data_args_from_flags,
     data_flags_given,
     generation_config_from_flags,
     generation_flags_given,
     int_at_least,
     prompting_from_flags,
+    read_panollava_flags,
 )
 
 
@@ -73,12 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--adapter", help="PEFT adapter directory, applied to --model and merged")
     source.add_argument(
         "--csv",
+        "--csv-input",
         help="the caption table to generate for: a CSV / TSV / JSON Lines / Parquet / WebDataset file, a glob, a "
         "save_to_disk folder or a Hub dataset id (QuIC-360's url,query,annotation columns by default; see the "
         "table-reading flags)",
     )
     source.add_argument("--predictions", help="score this predictions.csv instead of generating")
-    parser.add_argument("--output-dir", required=True, help="where predictions.csv, metrics.json and report.md go")
+    add_panollava_flags(parser, source)
+    parser.add_argument(
+        "--output-dir",
+        help="where predictions.csv, metrics.json and report.md go (required, except with --checkpoint-dir: "
+        "results/eval_results/<its name>)",
+    )
     run = parser.add_argument_group("generation run")
     run.add_argument("--max-samples", type=int_at_least(1), help="evaluate the first N (image, query) groups (>= 1)")
     run.add_argument(
@@ -130,9 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse flag combinations that cannot mean anything (exits with status 2, naming them)."""
+    if args.output_dir is None:
+        if args.checkpoint_dir is None:
+            parser.error("the following arguments are required: --output-dir")
+        args.output_dir = str(Path("results") / "eval_results" / Path(args.checkpoint_dir).resolve().name)
     if args.predictions:
-        if args.model or args.csv or args.adapter:
-            parser.error("--predictions scores an existing file: do not combine it with --model, --adapter or --csv")
+        if args.model or args.csv or args.adapter or args.config:
+            parser.error(
+                "--predictions scores an existing file: do not combine it with --model / --checkpoint-dir, --adapter, "
+                "--csv or --config"
+            )
         given = {
             "--system-prompt": args.system_prompt,
             "--user-template": args.user_template,
@@ -144,7 +165,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if generation_only:
             parser.error(f"{', '.join(generation_only)} only apply when generating (--model and --csv)")
     elif not (args.model and args.csv):
-        parser.error("give --model and --csv to generate and score, or --predictions to score an existing file")
+        parser.error(
+            "give --model and --csv (PanoLLaVA's --checkpoint-dir and --csv-input) to generate and score, or "
+            "--predictions to score an existing file"
+        )
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output-dir {args.output_dir} is a file, not a directory")
     if args.metrics_style == "panollava" and args.protocol not in (None, "per-row"):
@@ -203,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (argument errors exit with status 2, as argparse does)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    migration = read_panollava_flags(parser, args)
+    if args.csv is None and migration is not None and migration.test_csv is not None and not args.predictions:
+        if not isinstance(migration.test_csv, str):
+            parser.error(f"--config {args.config} names several test tables {migration.test_csv}: give --csv-input")
+        args.csv = migration.test_csv
+    if migration is not None and args.max_new_tokens is None and not args.predictions:
+        args.max_new_tokens = migration.model_args["generation"]["max_new_tokens"]  # the YAML's generation block
     check_args(parser, args)
     configure_logging(args.log_level, default="info")
     protocols = None if args.protocol is None else list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
@@ -214,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictions:
         _rescore(parser, args, protocols)
     else:
+        convert_panollava_run(parser, args, migration)
         _generate_and_score(parser, args, protocols)
     output_dir = Path(args.output_dir)
     print((output_dir / "report.md").read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ examples:
     panovlm infer --model DIR --image pano.jpg --prompt "red object" --prompt "blue object" --stream
     panovlm infer --model DIR --image pano.jpg --prompts-file questions.txt --show-views views.png
     panovlm infer --model DIR --image pano.jpg --prompt "Describe the ceiling." --verbatim --do-sample --seed 0
+    panovlm infer --checkpoint-dir runs/exp/finetune/anyres-e2p_bimamba --image pano.jpg --prompt "location"
 
 Each prompt is sent as training sent a question: wrapped in the user template saved with the model's processor
 (the training run's), after its system prompt; --system-prompt / --user-template override them, and --verbatim
@@ -47,11 +48,14 @@ from .options import (
     add_baseline_flags,
     add_generation_flags,
     add_log_level_flag,
+    add_panollava_flags,
     add_prompt_flags,
     check_generation_flags,
     check_prompt_flags,
+    convert_panollava_run,
     generation_config_from_flags,
     prompting_from_flags,
+    read_panollava_flags,
 )
 
 
@@ -59,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="panovlm infer", description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("--model", required=True, help="checkpoint directory or Hub id")
+    source = parser.add_argument_group("model")
+    source.add_argument(
+        "--model",
+        help="checkpoint directory or Hub id; a PanoLLaVA run directory is converted on the fly (see --checkpoint-dir)",
+    )
     parser.add_argument("--image", required=True, help="equirectangular panorama (2:1): a path or an http(s) URL")
     parser.add_argument(
         "--prompt",
@@ -82,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-views", metavar="PNG", help="save the panorama with the view footprints and the view tiles here"
     )
     parser.add_argument("--adapter", help="PEFT adapter directory, applied to --model and merged")
+    add_panollava_flags(parser, source)
     add_generation_flags(parser)
     add_prompt_flags(parser)
     add_baseline_flags(parser)
@@ -185,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (argument and input errors exit with status 2, as argparse does)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    migration = read_panollava_flags(parser, args)
+    if args.model is None:
+        parser.error("the following arguments are required: --model (or --checkpoint-dir)")
     check_generation_flags(parser, args)
     check_prompt_flags(parser, args)
     prompts = read_prompts(parser, args)
@@ -196,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, default="info")
     try:
         probe_panorama(args.image)  # a missing or unusable panorama fails before the model is loaded
+        convert_panollava_run(parser, args, migration)
         model, processor = load_model_and_processor(args.model, args.adapter)
     except (OSError, ValueError) as error:  # a missing or unusable panorama (PanoramaImageError), model or adapter
         parser.error(str(error))

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from transformers import GenerationConfig, PreTrainedModel
 
@@ -76,6 +77,79 @@ def image_size(text: str) -> tuple[int, int]:
     if not (1 <= width <= 8192 and 1 <= height <= 8192):
         raise argparse.ArgumentTypeError(f"width and height must be in [1, 8192], got {text!r}")
     return width, height
+
+
+# ---- PanoLLaVA run directories --------------------------------------------------------------------------------------
+def add_panollava_flags(parser: argparse.ArgumentParser, group) -> None:
+    """PanoLLaVA's `--checkpoint-dir` (an alias of `--model` that may name a PanoLLaVA run directory) and `--config`
+    (the run's training YAML)."""
+    group.add_argument(
+        "--checkpoint-dir",
+        help="PanoLLaVA's flag, an alias of --model: a PanoVLM checkpoint directory, or a PanoLLaVA run directory "
+        "(Lightning .ckpt files, checkpoint_metadata.json, lora_weights/), converted on the fly into a cache "
+        "directory ($PANOVLM_CONVERTED_CACHE, else $HF_HOME/panovlm/converted) that is reported and reused",
+    )
+    group.add_argument(
+        "--config",
+        help="PanoLLaVA's flag: the run's training YAML (configs/*.yaml). When --model is a PanoLLaVA run, it names "
+        "the towers if the run records none, and gives the PE, crop and prompt settings the checkpoint does not record",
+    )
+    group.add_argument(
+        "--vision-config",
+        help="with a PanoLLaVA run: its vision tower (a model directory, a config.json or a Hub id; default: the name "
+        "the run recorded, else --config's)",
+    )
+    group.add_argument(
+        "--text-config",
+        help="with a PanoLLaVA run: its language model, whose tokenizer the converted processor uses (a model "
+        "directory or a Hub id; default: the name the run recorded, else --config's)",
+    )
+
+
+def read_panollava_flags(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Merge `--checkpoint-dir` into `--model` and translate `--config` (fast: nothing is loaded). Returns the
+    config's `ConfigMigration`, or None. Errors exit with status 2, naming the problem."""
+    from modeling_panovlm.conversion.config_migration import migrate_config
+    from modeling_panovlm.conversion.legacy_run import LegacyConversionError
+
+    if args.checkpoint_dir is not None:
+        if args.model is not None:
+            parser.error("give --model or --checkpoint-dir (its PanoLLaVA name), not both")
+        args.model = args.checkpoint_dir
+    if args.config is None:
+        return None
+    try:
+        return migrate_config(args.config)
+    except LegacyConversionError as error:
+        parser.error(f"--config {args.config}: {error}")
+
+
+def convert_panollava_run(parser: argparse.ArgumentParser, args: argparse.Namespace, migration) -> None:
+    """When `--model` is a PanoLLaVA run directory, convert it (or reuse its conversion) and point `args.model` at the
+    converted directory, and `args.adapter` at its LoRA adapter unless one was given; says which on stdout."""
+    from modeling_panovlm.conversion.run_cache import convert_run_dir, is_legacy_run_dir
+
+    legacy = args.model is not None and Path(args.model).is_dir() and not (Path(args.model) / "config.json").is_file()
+    if not legacy:
+        given = [flag for flag in ("--vision-config", "--text-config") if getattr(args, flag[2:].replace("-", "_"))]
+        if given:
+            parser.error(f"{', '.join(given)} describe(s) a PanoLLaVA run's towers; {args.model} is not a PanoLLaVA run")
+        return
+    if not is_legacy_run_dir(args.model):
+        stages = sorted({str(path.parent) for pattern in ("*/*.ckpt", "*/*/*.ckpt") for path in Path(args.model).glob(pattern)})
+        if stages:
+            parser.error(f"{args.model} holds PanoLLaVA stage runs, not one: give one of {', '.join(stages)}")
+        return
+    try:
+        converted = convert_run_dir(args.model, migration, args.vision_config, args.text_config)
+    except (OSError, ValueError) as error:  # LegacyConversionError is a ValueError
+        parser.error(f"{args.model} is a PanoLLaVA run directory that does not convert: {error}")
+    how = "reused its conversion" if converted.reused else "converted it"
+    print(f"{args.model} is a PanoLLaVA run: {how} into {converted.directory}", flush=True)
+    args.model = str(converted.directory)
+    if converted.adapter is not None and args.adapter is None:
+        args.adapter = str(converted.adapter)
+        print(f"applying its LoRA adapter {converted.adapter}", flush=True)
 
 
 # ---- logging ------------------------------------------------------------------------------------------------------
@@ -246,9 +320,11 @@ __all__ = [
     "add_data_flags",
     "add_generation_flags",
     "add_log_level_flag",
+    "add_panollava_flags",
     "add_prompt_flags",
     "check_generation_flags",
     "check_prompt_flags",
+    "convert_panollava_run",
     "data_args_from_flags",
     "data_flags_given",
     "float_in",
@@ -257,4 +333,5 @@ __all__ = [
     "image_size",
     "int_at_least",
     "prompting_from_flags",
+    "read_panollava_flags",
 ]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ import torch
 
 
 logger = logging.getLogger(__name__)
+
+
+# `..._epoch01_loss2.4910.ckpt`: the validation loss PanoLLaVA's ModelCheckpoint wrote into the file name.
+_LOSS_IN_NAME = re.compile(r"loss(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\.ckpt$")
 
 
 class LegacyConversionError(ValueError):
@@ -59,13 +64,21 @@ def salvage_json(text: str) -> dict[str, Any]:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """`best.ckpt`, else `last.ckpt` (files or symlinks), else the most recently written `*.ckpt`."""
+    """The run's best checkpoint: `best.ckpt` (file or symlink), else the `.ckpt` whose name records the lowest
+    validation loss (PanoLLaVA's ModelCheckpoint named its best `..._epoch{EE}_loss{L}.ckpt` and created no
+    `best.ckpt`), else `last.ckpt`, else the most recently written `*.ckpt`."""
     for name in ("best.ckpt", "last.ckpt"):
         candidate = run_dir / name
         if candidate.is_symlink() and not candidate.exists():
             raise FileNotFoundError(f"{candidate} is a broken link to {os.readlink(candidate)}")
-        if candidate.exists():
-            return candidate
+    if (run_dir / "best.ckpt").exists():
+        return run_dir / "best.ckpt"
+    scored = [(float(match.group(1)), path.name, path) for path in run_dir.glob("*.ckpt")
+              if (match := _LOSS_IN_NAME.search(path.name)) and path.name not in ("best.ckpt", "last.ckpt")]
+    if scored:
+        return min(scored)[2]
+    if (run_dir / "last.ckpt").exists():
+        return run_dir / "last.ckpt"
     checkpoints = sorted(run_dir.glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} holds no .ckpt file: is it a PanoLLaVA stage run directory?")
