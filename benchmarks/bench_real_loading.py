@@ -7,7 +7,9 @@ A SigLIP-so400m-sized vision tower (width 1152, 27 layers, patch 16, 256² image
 (width 1024, 28 layers, vocabulary 151,936, tied embeddings) are built from configs with random weights and saved
 locally in bfloat16 (`save_pretrained`, safetensors) into a temporary directory: no download. Each load runs in a
 fresh process (with `MALLOC_MMAP_THRESHOLD_`, so RSS follows live memory) that imports torch, transformers and
-PanoVLM first, then measures the peak RSS (VmHWM, reset just before) of:
+PanoVLM first, then measures the peak RSS (VmHWM, reset just before) of the load followed by one read of every
+parameter (the weights are memory-mapped from the safetensors files, and pages nobody has read are not resident; a
+reduction per tensor, no copy, makes the whole model resident as a first forward would):
 
 * ours: `from_vision_text_pretrained(vision_dir, text_dir, dtype=torch.bfloat16, device_map="cpu")` (MLP
   resampler, anyres_e2p), and the same with `dtype` and `device_map` left out (the checkpoints' bf16 is kept);
@@ -83,6 +85,13 @@ def load_worker(case: str, vision_dir: str, text_dir: str) -> None:
             held["models"] = [AutoModel.from_pretrained(vision_dir, **kwargs),
                               AutoModelForCausalLM.from_pretrained(text_dir, **kwargs)]
         held["seconds"] = time.perf_counter() - start
+        # safetensors files are memory-mapped: a weight that nothing has read yet is not resident. Read every
+        # parameter once (a reduction, no copy) so that the peak counts the whole model, as the first forward would.
+        with torch.no_grad():
+            for model in held["models"]:
+                for tensor in list(model.parameters()) + list(model.buffers()):
+                    if tensor.numel():
+                        tensor.max()
 
     result = _timing.measure_peak_rss(load)
     models = held["models"]
