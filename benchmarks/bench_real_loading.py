@@ -20,6 +20,8 @@ Reported: the peak RSS, its rise above the RSS after the imports, and both divid
 (parameters + buffers, tied weights once). The worker also checks that `dtype` and `device_map` reached the loaded
 model (every tower and LM parameter bf16 on the CPU; `hf_device_map` when a map was given). Target: peak RSS <= 1.3x
 the model's bytes.
+
+`--checkpoint-dir DIR` keeps the saved towers in DIR and reuses them on the next run (they take minutes to build).
 """
 
 from __future__ import annotations
@@ -65,15 +67,44 @@ def save_towers(root: Path) -> dict:
     return {"paths": {k: str(v) for k, v in paths.items()}, "safetensors_bytes": sizes}
 
 
+def load_or_save_towers(root: Path) -> dict:
+    """`save_towers(root)`, unless `root` already holds both towers from an earlier run (`config.json` written last
+    by `save_pretrained`, so a directory with it is complete)."""
+    paths = {"vision": root / "siglip-so400m-sized", "text": root / "qwen3-0.6b-sized"}
+    if all((path / "config.json").exists() and list(path.glob("*.safetensors")) for path in paths.values()):
+        sizes = {key: sum(f.stat().st_size for f in path.glob("*.safetensors")) for key, path in paths.items()}
+        return {"paths": {k: str(v) for k, v in paths.items()}, "safetensors_bytes": sizes, "reused": True}
+    return save_towers(root)
+
+
 def load_worker(case: str, vision_dir: str, text_dir: str) -> None:
     """Fresh process: imports, then one load measured with `_timing.measure_peak_rss`; prints one JSON line."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
+    import modeling_panovlm.modeling_panovlm as modeling
     from modeling_panovlm import PanoVLMForConditionalGeneration
 
     kwargs = {} if case == "ours[defaults]" else {"dtype": torch.bfloat16, "device_map": "cpu"}
     held = {}
+    # What the towers' own from_pretrained receive: on the CPU, device_map="cpu" leaves no trace on the loaded model
+    # (transformers sets no hf_device_map), so pass-through is checked at the call. Recording only: the calls go on.
+    received = []
+
+    def recording(auto_class):
+        original = auto_class.from_pretrained
+
+        def from_pretrained(*args, **call_kwargs):
+            received.append({"class": auto_class.__name__, "dtype": str(call_kwargs.get("dtype")),
+                             "device_map": call_kwargs.get("device_map")})
+            return original(*args, **call_kwargs)
+
+        return from_pretrained
+
+    if case.startswith("ours"):  # subclasses: from_config (used on the meta device) stays the real one
+        modeling.AutoModel = type("AutoModel", (AutoModel,), {"from_pretrained": staticmethod(recording(AutoModel))})
+        modeling.AutoModelForCausalLM = type("AutoModelForCausalLM", (AutoModelForCausalLM,), {
+            "from_pretrained": staticmethod(recording(AutoModelForCausalLM))})
 
     def load():
         start = time.perf_counter()
@@ -100,8 +131,7 @@ def load_worker(case: str, vision_dir: str, text_dir: str) -> None:
     towers = [models[0].model.vision_tower, models[0].model.language_model] if case.startswith("ours") else models
     dtypes = sorted({str(p.dtype) for m in towers for p in m.parameters()})
     devices = sorted({str(p.device) for m in models for p in m.parameters()})
-    result.update(tower_dtypes=dtypes, devices=devices,
-                  hf_device_map=[getattr(m, "hf_device_map", None) is not None for m in towers])
+    result.update(tower_dtypes=dtypes, devices=devices, towers_from_pretrained_received=received)
     print(json.dumps(result), flush=True)
 
 
@@ -118,6 +148,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 load per case")
     parser.add_argument("--loads", type=int, default=None, help="fresh loads per case (default 3; --quick 1)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="keep / reuse the saved towers here")
     parser.add_argument("--worker", nargs=3, metavar=("CASE", "VISION_DIR", "TEXT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -127,9 +158,10 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     load_before = _timing.load_average()
     with tempfile.TemporaryDirectory(prefix="bench_real_loading_") as tmp:
-        saved = save_towers(Path(tmp))
+        root = args.checkpoint_dir or Path(tmp)
+        saved = load_or_save_towers(root)
         print(f"saved towers: {saved['safetensors_bytes']}", flush=True)
-        for path in Path(tmp).rglob("*.safetensors"):  # into the page cache before the first load
+        for path in root.rglob("*.safetensors"):  # into the page cache before the first load
             path.read_bytes()
         runs = {case: [] for case in CASES}
         for repeat in range(args.loads):
@@ -157,15 +189,16 @@ def main(argv=None) -> None:
     ours, towers = CASES[0], CASES[2]
     rows.append(_timing.ratio_row("ours / towers alone: peak RSS", median(ours, "peak_rss_bytes"),
                                   median(towers, "peak_rss_bytes"), "(info)", True, unit="bytes"))
-    checks = {case: {"tower_dtypes": runs[case][0]["tower_dtypes"], "devices": runs[case][0]["devices"],
-                     "hf_device_map": runs[case][0]["hf_device_map"]} for case in CASES}
+    checks = {case: {key: runs[case][0][key] for key in ("tower_dtypes", "devices", "towers_from_pretrained_received")}
+              for case in CASES}
     expected = {"tower_dtypes": ["torch.bfloat16"], "devices": ["cpu"]}
     for case in CASES:
         for key, value in expected.items():
             if checks[case][key] != value:
                 raise RuntimeError(f"{case}: {key} {checks[case][key]}, expected {value}")
-    if not all(checks[ours]["hf_device_map"]):
-        raise RuntimeError(f"{ours}: device_map did not reach the towers ({checks[ours]['hf_device_map']})")
+    calls = checks[ours]["towers_from_pretrained_received"]
+    if len(calls) != 2 or any(c["dtype"] != "torch.bfloat16" or c["device_map"] != "cpu" for c in calls):
+        raise RuntimeError(f"{ours}: dtype / device_map did not reach the towers' from_pretrained: {calls}")
     _timing.print_ratio_table(rows, "from_vision_text_pretrained, real-size towers (bf16)")
     payload = {
         "benchmark": "bench_real_loading",

@@ -16,6 +16,8 @@ they import, and the report says when they do not). Sections:
 3. views: `equirect.sample_views` of a 4096x2048 uint8 panorama into anyres_e2p 9 x 384², on the device vs the CPU.
 4. bimamba: the resampler's selective scan fwd+bwd on the device, torch path (`selective_scan_torch`) against
    mamba-ssm's CUDA kernel when `mamba_ssm` imports; and the BiMamba resampler fwd+bwd on 9 views x 256 tokens.
+5. bimamba_share: the BiMamba resampler's fwd+bwd (on the input captured from the step) over PanoVLM's training
+   step, for 1, 9 and 17 views.
 
 Every section's error is recorded in the JSON with its traceback and makes the script exit with status 1 after
 writing both files (a missing optional package is not an error: the section says "not installed"). `--cpu-reduced`
@@ -227,6 +229,35 @@ class Check:
         result["backend_of_resampler"] = "mamba-ssm CUDA" if "scan_mamba_ssm" in cases else "torch"
         return result
 
+    def bimamba_share(self) -> dict:
+        """BiMamba fwd+bwd on the input captured from PanoVLM's training step, over the step, for 1, 9, 17 views."""
+        import torch
+
+        result = {}
+        for views in sorted(_real_sizes.VIEW_LAYOUTS):
+            sizes = {k: v for k, v in self.sizes.items() if k != "resampler_overrides"}
+            tokenizer, config, ours, _ = _real_sizes.build_pair(
+                "bimamba", num_views=views, dtype=self.dtype, device=self.device, with_llava=False,
+                resampler_overrides=self.sizes.get("resampler_overrides"), **sizes)
+            inputs = _real_sizes.make_inputs(tokenizer, config, device=self.device, dtype=self.dtype)
+            step = _real_sizes.train_step_fn(ours, torch.optim.AdamW(ours.parameters(), lr=1e-5), inputs["ours"])
+            resampler, captured = ours.model.resampler, {}
+            handle = resampler.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0].detach()))
+            step()
+            handle.remove()
+            x = captured["x"].clone().requires_grad_(True)
+
+            def alone(x=x, resampler=resampler):
+                resampler(x).float().sum().backward()
+                resampler.zero_grad(set_to_none=True)
+
+            timing = self.time_cases({"step": step, "resampler": alone})
+            result[f"{views}_views"] = {"resampler_input": list(x.shape), "step_s": timing["step"]["median_s"],
+                                        "share": _timing.paired_ratio(timing, "resampler", "step")}
+            del ours, step
+            self.empty_cache()
+        return result
+
     def empty_cache(self) -> None:
         import gc
 
@@ -237,7 +268,7 @@ class Check:
             torch.cuda.empty_cache()
 
 
-SECTIONS = ("step_and_generation", "attention", "views", "bimamba")
+SECTIONS = ("step_and_generation", "attention", "views", "bimamba", "bimamba_share")
 
 
 def _fmt(value) -> str:
