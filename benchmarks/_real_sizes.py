@@ -109,7 +109,8 @@ def build_pair(resampler_type: str = "mlp", num_views: int = 9, dtype=None, devi
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    ours = cast(PanoVLMForConditionalGeneration(config).to(device), dtype)
+    with torch.device(device):  # initialised where it runs: a billion parameters initialise in seconds on a GPU
+        ours = cast(PanoVLMForConditionalGeneration(config), dtype)
     llava = None
     if with_llava:
         llava_config = LlavaConfig(
