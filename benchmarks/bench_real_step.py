@@ -209,33 +209,41 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     log = lambda message: print(message, flush=True)  # noqa: E731
     load_before = _timing.load_average()
-    rows, details = [], []
+    rows, details, shares = [], [], []
+
+    def payload() -> dict:
+        return {
+            "benchmark": "bench_real_step",
+            "description": "PanoVLM vs LlavaForConditionalGeneration at real width (SigLIP-so400m / Qwen3-0.6B widths, "
+            "depth and vocabulary as in settings), same towers, same image tokens; BiMamba share of the step",
+            "targets": {"training_step": "<= 1.05", "tokens_per_s": ">= 0.95", "peak_rss": "<= 1.05"},
+            "settings": vars(args),
+            "towers": dict(zip(("vision", "text"), _real_sizes.tower_configs(
+                tokenizer=_tiny_tokenizer(), **_tower_kwargs(args)))),
+            "machine": {**_timing.machine_facts(), "load_average_before": load_before},
+            "ratios": rows,
+            "details": details,
+            "bimamba_share": shares,
+            "wall_time_s": time.perf_counter() - start,
+        }
+
+    # The results so far are written after every section: a run stopped half-way (a BiMamba step can take minutes
+    # on a loaded CPU) keeps what it measured.
+    name = "bench_real_step_quick" if args.quick else "bench_real_step"
     for resampler in args.resamplers:
         more_rows, more = compare(args, resampler, log)
         rows += more_rows
         details.append(more)
-    shares = [bimamba_share(args, views, log) for views in args.share_views]
+        _timing.write_results(name, payload())
+    for views in args.share_views:
+        shares.append(bimamba_share(args, views, log))
+        _timing.write_results(name, payload())
     _timing.print_ratio_table(rows, "Real width: training step, generation and peak memory, ours / LLaVA")
     if shares:
         print("| views | resampler input | BiMamba fwd+bwd / training step |\n|---:|---|---:|")
         for share in shares:
             print(f"| {share['num_views']} | {share['resampler_input_shape']} | {share['share_of_step']:.3f} |")
-    payload = {
-        "benchmark": "bench_real_step",
-        "description": "PanoVLM vs LlavaForConditionalGeneration at real width (SigLIP-so400m / Qwen3-0.6B widths, "
-        "depth and vocabulary as in settings), same towers, same image tokens; BiMamba share of the step",
-        "targets": {"training_step": "<= 1.05", "tokens_per_s": ">= 0.95", "peak_rss": "<= 1.05"},
-        "settings": vars(args),
-        "towers": dict(zip(("vision", "text"), _real_sizes.tower_configs(
-            tokenizer=_tiny_tokenizer(), **_tower_kwargs(args)))),
-        "machine": {**_timing.machine_facts(), "load_average_before": load_before},
-        "ratios": rows,
-        "details": details,
-        "bimamba_share": shares,
-        "wall_time_s": time.perf_counter() - start,
-    }
-    _timing.write_results("bench_real_step_quick" if args.quick else "bench_real_step", payload)
-    print(f"total {payload['wall_time_s']:.0f} s")
+    print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
