@@ -20,7 +20,8 @@ from pathlib import Path
 
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("views", "bimamba", "llava_step", "loading", "evaluation", "fsdp_memory")
+BENCHMARKS = ("views", "bimamba", "llava_step", "loading", "evaluation", "fsdp_memory", "pipeline", "real_loading",
+              "real_step")
 
 
 def summary(quick: bool) -> None:
