@@ -163,6 +163,13 @@ def test_image_tokens_are_the_global_view_then_the_strip_row_by_row(tiny_mlp):
 def test_image_token_order_of_other_layouts(settings, has_global, pitch_rows, drop):
     model, _ = build_tiny_checkpoint(resampler_type="mlp", hidden_size=32, seed=2, **settings)
     config = model.config
+    # Trained LayerNorms: freshly initialised ones (weight 1, bias 0) would make the feature norm an identity on
+    # the tower's already normalised output, and a skipped norm would go unseen.
+    generator = torch.Generator().manual_seed(7)
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data = 1.0 + 0.5 * torch.randn(module.weight.shape, generator=generator)
+            module.bias.data = 0.5 * torch.randn(module.bias.shape, generator=generator)
     pixels = random_pixels(config, batch=1, seed=5)
     projector = model.model.multi_modal_projector
     with torch.no_grad():
