@@ -252,10 +252,12 @@ MUTANTS: list[Mutant] = [
     # ---- evaluation and metrics ---------------------------------------------------------------------------------
     Mutant("bleu-unsmoothed", "evaluation", "modeling_panovlm/evaluation/metrics.py",
            "smoothing_function=SmoothingFunction().method1", "smoothing_function=SmoothingFunction().method2",
-           (METRICS,), "seed-compatible BLEU-4 with another smoothing than the one that reproduces the seed's numbers"),
+           ("tests/test_caption_metrics.py::test_panollava_style_matches_the_predecessors_libraries", METRICS),
+           "seed-compatible BLEU-4 with another smoothing than the one that reproduces the seed's numbers"),
     Mutant("rouge-unstemmed", "evaluation", "modeling_panovlm/evaluation/metrics.py",
            'RougeScorer(["rougeL"], use_stemmer=True)', 'RougeScorer(["rougeL"], use_stemmer=False)',
-           (METRICS,), "seed-compatible ROUGE-L without stemming"),
+           ("tests/test_caption_metrics.py::test_panollava_style_matches_the_predecessors_libraries", METRICS),
+           "seed-compatible ROUGE-L without stemming"),
     Mutant("grouped-first-reference-only", "evaluation", "modeling_panovlm/evaluation/metrics.py",
            "return [rows[first].prediction for first, _ in groups.values()], [refs for _, refs in groups.values()]",
            "return [rows[first].prediction for first, _ in groups.values()], [refs[:1] for _, refs in groups.values()]",
@@ -266,7 +268,10 @@ MUTANTS: list[Mutant] = [
            (MEANING, EVALUATION), "batched evaluation prompts padded on the right: generation continues the padding"),
     Mutant("caption-keeps-last-prompt-token", "evaluation", "modeling_panovlm/evaluation/generation.py",
            'new_tokens = output[:, text["input_ids"].shape[1] :]', 'new_tokens = output[:, text["input_ids"].shape[1] - 1 :]',
-           (EVALUATION,), "captions start with the prompt's last token"),
+           (EVALUATION,),
+           "equivalent: the decoded text also holds the prompt's last token, which every chat template PanoVLM saves "
+           "ends with (the newline after the assistant header); captions are stripped, so they are the same",
+           equivalent=True),
     # ---- processor ------------------------------------------------------------------------------------------------
     Mutant("placeholder-one-short", "processor", "processing_panovlm/processing_panovlm.py",
            "return prompt.replace(self.image_token, self.image_token * self.num_image_tokens)",
