@@ -100,15 +100,16 @@ def test_dedup_generation_equals_plain_generate(tiny_mlp, table_dir, batch_size)
     assert failures == {} and stats["generations"] == 3
     assert sum(encoded) == stats["images_encoded"] == 2  # panorama "a" once, although it has two queries
 
+    # The reference: each group on its own (no padding, no shared features), through the processor and generate.
     expected = []
-    for first in range(0, 3, batch_size):
-        batch = groups[first : first + batch_size]
-        prompts = [processor.apply_chat_template(processor.build_messages(g.query), add_generation_prompt=True) for g in batch]
-        inputs = processor(images=[g.image for g in batch], text=prompts, padding=True, return_tensors="pt")
+    for group in groups:
+        prompt = processor.apply_chat_template(processor.build_messages(group.query), add_generation_prompt=True)
+        inputs = processor(images=group.image, text=prompt, return_tensors="pt")
         with torch.no_grad():
             output = model.generate(**inputs, generation_config=config)
         expected += processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert captions == [text.strip() for text in expected]
+    assert len(set(captions)) > 1  # the groups get different answers: a caption put on the wrong group is seen
 
 
 def test_missing_and_unreadable_images_are_reported_not_skipped(tiny_mlp, table_dir, tmp_path, no_java):

@@ -112,7 +112,25 @@ def test_readme_streaming_snippet_runs(checkpoint, monkeypatch, capsys):
     (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     monkeypatch.chdir(checkpoint)
     exec(compile(snippet, "README.md", "exec"), {})
-    assert capsys.readouterr().out.strip()
+    printed = capsys.readouterr().out
+
+    # What it must print: the greedy answer, computed here by an argmax loop over full forward passes (no cache,
+    # no generate), as the snippet prepares its inputs.
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint / "tiny-panovlm").eval()
+    processor = AutoProcessor.from_pretrained(checkpoint / "tiny-panovlm")
+    prompt = processor.apply_chat_template(processor.build_messages("What is behind the camera?"), add_generation_prompt=True)
+    inputs = dict(processor(images=str(checkpoint / "pano.jpg"), text=prompt, return_tensors="pt"))
+    prompt_length, answer = inputs["input_ids"].shape[1], []
+    with torch.no_grad():
+        for _ in range(32):
+            token = int(model(**inputs).logits[0, -1].argmax())
+            if token == processor.tokenizer.eos_token_id:
+                break
+            answer.append(token)
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([[token]])], dim=1)
+            inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
+    assert inputs["input_ids"].shape[1] > prompt_length
+    assert printed == processor.decode(answer, skip_special_tokens=True)
 
 
 def run_infer(argv, capsys) -> tuple[int, str, str]:

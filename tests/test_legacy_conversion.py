@@ -196,6 +196,21 @@ def test_disagreements_are_reported_and_the_weights_decide(tmp_path, tiny):
     assert rows["resampler.hidden_dim"].used == 64 and report.complete
 
 
+def test_the_views_overlap_decides_when_the_run_stitched_with_another(tmp_path, tiny):
+    """PanoLLaVA sampled the views with the image-processing overlap but stitched with the model's (seed spec §4.1):
+    the converted geometry is the one of the views the weights were trained on, and the disagreement is reported."""
+    state = legacy_state_dict(tiny["model"])
+    run_dir = write_run(tmp_path / "run", state, hparams_for(tiny))
+    path = run_dir / "checkpoint_metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["training_config"]["overlap_ratio"] = 0.25
+    path.write_text(json.dumps(metadata))
+    conversion = plan_conversion(load_legacy_run(run_dir), image_token_id=tiny["model"].config.image_token_id)
+    assert conversion.config.overlap_ratio == 0.25 and conversion.config.num_views == 6
+    (row,) = [row for row in conversion.report.rows if row.name.startswith("overlap_ratio")]
+    assert (row.recorded, row.observed, row.used) == (0.25, 0.5, 0.25) and row.disagrees
+
+
 def test_cli_prints_the_table_and_fails_on_unmapped_keys(tmp_path, tiny, monkeypatch, capsys):
     state = legacy_state_dict(tiny["model"])
     state["model.text_projection.weight"] = torch.zeros(64, 64)  # no PanoVLM counterpart

@@ -12,6 +12,7 @@ from modeling_panovlm.panorama import panorama_encoding, stitch_views
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 from .conftest import image_prompt_ids
+from .reference import COLS, DROP, ROWS, order_by_hand, reference_table, view_tokens_by_hand
 
 
 def random_pixels(config, batch=2, seed=0):
@@ -23,17 +24,25 @@ def test_image_features_shape_and_placement(tiny_mlp):
     model, _ = tiny_mlp
     config = model.config
     pixels = random_pixels(config)
-    features = model.get_image_features(pixels).pooler_output
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():
+        features = model.get_image_features(pixels).pooler_output
+        # What the features must hold, by hand: the view tokens (module by module) plus the direction code of the
+        # written-out token directions, projected, in the order global view, then the strip row by row.
+        encoded = view_tokens_by_hand(model, pixels) + reference_table(config.resampler_config.latent_dimension).reshape(9, ROWS, COLS, -1)
+        projected = encoded @ projector.weight.T + projector.bias
+        expected = torch.stack([order_by_hand(panorama, True, 1, DROP) for panorama in projected])
     assert features.shape == (2, config.num_image_tokens, config.text_config.hidden_size)
+    torch.testing.assert_close(features, expected, atol=2e-5, rtol=1e-4)
 
     ids = image_prompt_ids(config)
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pixels)
         # The merge is exactly "embeddings with the image rows replaced by the features, in order".
         embeds = model.get_input_embeddings()(ids)
-        embeds[ids == config.image_token_id] = features.reshape(-1, features.shape[-1])
+        embeds[ids == config.image_token_id] = expected.reshape(-1, expected.shape[-1])
         reference = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
-    torch.testing.assert_close(out.logits, reference)
+    torch.testing.assert_close(out.logits, reference, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.image_outputs.pooler_output, features)
 
 

@@ -134,10 +134,16 @@ def test_batch_of_panoramas_with_different_prompt_lengths_pads_left(tiny_mlp, pa
     assert inputs["pixel_values"].shape[0] == 2
     mask = inputs["attention_mask"]
     assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[:, -1].tolist() == [1, 1]  # left padding
-    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    # Each row generates as it would alone: padding does not leak into the answer.
-    alone = model.generate(**processor(images=panorama, text=prompts[0], return_tensors="pt"), max_new_tokens=3, do_sample=False)
-    assert torch.equal(generated[0, -3:], alone[0, -3:])
+    settings = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    generated = model.generate(**inputs, **settings)
+    # Each row generates as it would alone, logit for logit: padding does not leak into the answer.
+    for row, image in enumerate([panorama, other]):
+        alone = model.generate(**processor(images=image, text=prompts[row], return_tensors="pt"), **settings)
+        steps = len(alone.logits)
+        torch.testing.assert_close(
+            torch.stack(generated.logits, 1)[row, :steps], torch.stack(alone.logits, 1)[0], atol=1e-5, rtol=1e-4
+        )
+        assert torch.equal(generated.sequences[row, inputs["input_ids"].shape[1] :][:steps], alone.sequences[0, -steps:])
 
 
 def test_truncating_through_image_tokens_raises(tiny_mlp, panorama):

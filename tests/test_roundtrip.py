@@ -1,11 +1,15 @@
 """save_pretrained -> from_pretrained in a fresh Python process gives the same model and processor, for every
 resampler type and crop strategy: zero missing/unexpected/mismatched keys, bit-identical logits, equal greedy
-generations, identical processor outputs. Also: bf16 loading keeps Mamba's A_log and D in fp32."""
+generations, identical processor outputs; and the reloaded logits are those of the forward pass computed by hand
+(towers and resampler module by module, the direction code written out, the image tokens put in order one by one),
+so a deterministic bug in the forward pass, which the save / load comparison cannot see, fails too. Also: bf16
+loading keeps Mamba's A_log and D in fp32."""
 
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from configuration_panovlm import CROP_STRATEGIES
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 
 
+ROOT = Path(__file__).resolve().parents[1]
 # Named here, not read from the live registry: another test registers a plugin type in this process, which the fresh
 # child process does not import.
 BUILT_IN_RESAMPLERS = ("bimamba", "mlp", "perceiver", "qformer")
@@ -29,6 +34,27 @@ CHILD = textwrap.dedent(
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from PIL import Image
 
+    sys.path.insert(0, sys.argv[2])  # the repository, for the hand-written references
+    from tests.reference import order_by_hand, reference_code
+
+    def logits_by_hand(model, inputs):
+        config, inner = model.config, model.model
+        layout, (rows, cols) = config.view_layout, config.view_token_grid
+        views = inputs["pixel_values"][0]
+        patches = inner.vision_tower(pixel_values=views).last_hidden_state[:, config.num_vision_prefix_tokens :]
+        tokens = inner.resampler(inner.vision_feature_norm(patches))
+        yaw, pitch = layout.token_directions((rows, cols))
+        dim = config.resampler_config.latent_dimension
+        code = torch.tensor([[reference_code(y, p, dim) for y, p in zip(*pair)] for pair in zip(yaw.reshape(len(views), -1), pitch.reshape(len(views), -1))])
+        projector = inner.multi_modal_projector
+        projected = ((tokens + code) @ projector.weight.T + projector.bias).reshape(len(views), rows, cols, -1)
+        image = order_by_hand(projected, layout.has_global_view, layout.num_rows, layout.overlap_columns(cols))
+        ids = inputs["input_ids"]
+        embeds = inner.get_input_embeddings()(ids)
+        embeds[ids == config.image_token_id] = image
+        hidden = inner.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).last_hidden_state
+        return model.lm_head(hidden)
+
     report = {}
     for case in json.loads(sys.argv[1]):
         expected = torch.load(case["expected"], weights_only=True)
@@ -38,8 +64,10 @@ CHILD = textwrap.dedent(
         inputs = processor(images=Image.open(case["image"]), text=case["text"], return_tensors="pt")
         with torch.no_grad():
             logits = model(**inputs).logits
+            by_hand = logits_by_hand(model, inputs)
         generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
         report[case["dir"]] = {
+            "logits_by_hand": torch.allclose(logits, by_hand, atol=1e-4, rtol=1e-4),
             "class": type(model).__name__,
             "processor_class": type(processor).__name__,
             "loading_info": {k: sorted(map(str, v)) for k, v in info.items()},
@@ -71,7 +99,7 @@ def test_every_resampler_and_crop_strategy_round_trips_in_a_fresh_process(tmp_pa
             cases.append({"dir": str(directory), "expected": str(expected), "image": str(image_path), "text": text})
 
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(cases)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+        [sys.executable, "-c", CHILD, json.dumps(cases), str(ROOT)], capture_output=True, text=True, timeout=600, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -87,6 +115,7 @@ def test_every_resampler_and_crop_strategy_round_trips_in_a_fresh_process(tmp_pa
         }, directory
         assert outcome["inputs_equal"], directory
         assert outcome["logits_equal"], directory
+        assert outcome["logits_by_hand"], directory
         assert outcome["generation_equal"], directory
 
 
