@@ -47,6 +47,7 @@ setup(
             "panovlm-convert = modeling_panovlm.cli.convert:main",
             "panovlm-export = modeling_panovlm.cli.export:main",
             "panovlm-demo = modeling_panovlm.cli.demo:main",
+            "panovlm-probe = modeling_panovlm.cli.probe:main",
         ]
     },
     extras_require={
