@@ -74,10 +74,14 @@ def render_markdown(results: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {entry['num_views']} / {entry['image_tokens']} | {entry['seconds_per_run']:.0f} ({entry['cpu_seconds_per_run']:.0f}) |")
     chance = " | ".join(f"{CHANCE[t] * 100:.0f}" for t in PROBE_TASKS)
     lines.append(f"| *chance* | {chance} | | |")
+    per_seed = results["questions"].values()
+    counts = ", ".join(f"{TASK_LABELS[t]} {'/'.join(str(q[t]) for q in per_seed)}" for t in PROBE_TASKS)
+    cpu = sum(run["cpu_seconds"] for run in results["runs"])
     lines += [
         "",
-        f"Held-out questions per seed: {results['questions']}. Total wall time {results['total_seconds'] / 60:.1f} min "
-        f"({len(results['runs'])} runs, {results['jobs']} at a time, {results['torch_threads']} torch thread(s) each).",
+        f"Held-out questions per seed ({'/'.join(results['questions'])}): {counts}.",
+        f"Wall time {results['total_seconds'] / 60:.1f} min for {len(results['runs'])} runs ({results['jobs']} at a "
+        f"time, {results['torch_threads']} torch thread(s) each); their CPU time {cpu / 60:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
 
