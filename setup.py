@@ -48,6 +48,7 @@ setup(
             "panovlm-migrate-config = modeling_panovlm.cli.migrate_config:main",
             "panovlm-export = modeling_panovlm.cli.export:main",
             "panovlm-demo = modeling_panovlm.cli.demo:main",
+            "panovlm-probe = modeling_panovlm.cli.probe:main",
         ]
     },
     extras_require={

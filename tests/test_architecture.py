@@ -29,8 +29,10 @@ TOOLING = {
     "training": {"hub", "evaluation"},
     "conversion": {"training"},
     "testing": set(),
+    # The panorama probe: trains (training) and scores (evaluation) tiny models (testing) on synthetic tasks.
+    "probe": {"evaluation", "training", "testing"},
     # The command-line tools sit on top of everything else.
-    "cli": {"hub", "evaluation", "training", "conversion", "testing"},
+    "cli": {"hub", "evaluation", "training", "conversion", "testing", "probe"},
 }
 MAX_MODULE_LINES = 420
 

@@ -32,6 +32,7 @@ COMMANDS = {
     ),
     "export": ("modeling_panovlm.cli.export", "export a checkpoint with its modelling code (trust_remote_code)"),
     "demo": ("modeling_panovlm.cli.demo", "end to end on CPU: tiny model, synthetic panoramas, three stages"),
+    "probe": ("modeling_panovlm.cli.probe", "which model part carries which panoramic skill: ablations on CPU"),
 }
 
 
