@@ -24,8 +24,8 @@ from .view_layout import (
     DEFAULT_ANYRES_MAX_PATCHES,
     DEFAULT_PITCH_LEVELS_DEG,
     ViewLayout,
-    build_view_layout,
     infer_token_grid,
+    view_layout_of,
 )
 
 
@@ -275,14 +275,7 @@ class PanoVLMConfig(PreTrainedConfig):
     # ---- derived geometry (pure functions of the fields above) -----------------------------------------------
     @property
     def view_layout(self) -> ViewLayout:
-        return build_view_layout(
-            self.crop_strategy,
-            self.fov_deg,
-            self.overlap_ratio,
-            self.pitch_levels_deg,
-            self.vertical_crop_ratio,
-            self.anyres_max_patches,
-        )
+        return view_layout_of(self)
 
     @property
     def num_views(self) -> int:

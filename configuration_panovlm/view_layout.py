@@ -3,8 +3,7 @@ stitched and paired, and how many image tokens one panorama becomes.
 
 This module is the single source of truth for that geometry. The image processor samples exactly these views,
 the model derives its panoramic positional encoding and its stitching from them, the vision stage its overlap
-pairs, and `num_image_tokens` is the only place the per-panorama token count is computed. The crop strategies
-themselves are built in `view_strategies.build_view_layout`.
+pairs, and `num_image_tokens` is the only place the per-panorama token count is computed.
 
 Conventions (the same as py360convert's `e2p(u_deg=yaw, v_deg=pitch)`):
 
@@ -261,6 +260,14 @@ def infer_token_grid(num_tokens: int) -> tuple[int, int]:
 WHOLE_PANORAMA = ViewSpec("equirect", 0.0, 0.0, 360.0, 180.0)
 
 
+VIEW_LAYOUT_FIELDS = ("crop_strategy", "fov_deg", "overlap_ratio", "pitch_levels_deg", "vertical_crop_ratio", "anyres_max_patches")
+
+
+def view_layout_of(settings) -> ViewLayout:
+    """The layout of a `PanoVLMConfig` or `PanoVLMImageProcessor`: both read their `VIEW_LAYOUT_FIELDS` here."""
+    return build_view_layout(*(getattr(settings, name) for name in VIEW_LAYOUT_FIELDS))
+
+
 def build_view_layout(
     crop_strategy: str,
     fov_deg: float,
@@ -317,8 +324,7 @@ def _as_patch_budget(patches) -> int:
     return patches
 
 
-# A ring finer than this is a typo, not a layout (fov_deg=0.01 would ask for 72,000 views): every view costs a full
-# pass of the vision tower.
+# A finer ring is a typo, not a layout (fov_deg=0.01 asked for 72,000 views, each a pass of the vision tower).
 MAX_RING_VIEWS = 64
 
 

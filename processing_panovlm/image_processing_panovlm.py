@@ -15,8 +15,8 @@ from configuration_panovlm.view_layout import (
     DEFAULT_ANYRES_MAX_PATCHES,
     DEFAULT_PITCH_LEVELS_DEG,
     ViewLayout,
-    build_view_layout,
     normalize_yaw,
+    view_layout_of,
 )
 
 from .equirect import sample_views
@@ -189,14 +189,7 @@ class PanoVLMImageProcessor(BaseImageProcessor):
     @property
     def view_layout(self) -> ViewLayout:
         """The views every panorama is turned into (`build_view_layout` of this processor's settings)."""
-        return build_view_layout(
-            self.crop_strategy,
-            self.fov_deg,
-            self.overlap_ratio,
-            self.pitch_levels_deg,
-            self.vertical_crop_ratio,
-            self.anyres_max_patches,
-        )
+        return view_layout_of(self)
 
     @property
     def erp_width_needed(self) -> int:

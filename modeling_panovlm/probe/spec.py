@@ -18,12 +18,10 @@ Every key is checked: an unknown one is an error naming it and the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from modeling_panovlm.training.run_file import read_options_file
 from modeling_panovlm.training.stages import STAGES
 
 
@@ -149,12 +147,7 @@ def load_probe_file(path: str | Path) -> ProbeSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"probe file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        content = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {error}") from None
-    return parse_probe(content, str(path))
+    return parse_probe(read_options_file(path), str(path))
 
 
 __all__ = ["ProbeConfiguration", "ProbeSpec", "QUICK_PANORAMAS", "QUICK_SEEDS", "QUICK_STEPS", "STAGE_ORDER", "load_probe_file", "parse_probe"]

@@ -154,16 +154,23 @@ def stage_and_data(values: dict) -> tuple[StageOptions, DataArguments]:
     return StageOptions(**{k: v for k, v in values.items() if k not in data}), DataArguments(**data)
 
 
+def read_options_file(path: Path):
+    """The parsed content of a YAML file (JSON by its `.json` suffix); `ValueError` naming the file when it does not
+    parse. Run files and probe files are read by this one function."""
+    text = path.read_text(encoding="utf-8")
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not valid {kind}: {error}") from None
+
+
 def read_run_file(path: str | Path) -> tuple[dict, list[dict], bool]:
     """`(top-level options, stage entries, whether the file holds a single stage)`, checked for shape only."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"run file {path} {'is not a file' if path.exists() else 'does not exist'}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        content = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {error}") from None
+    content = read_options_file(path)
     content = {} if content is None else content
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a mapping of options with a `stages` list, got {type(content).__name__}")
