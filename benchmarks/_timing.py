@@ -234,6 +234,8 @@ def format_value(value: float, unit: str) -> str:
         return f"{value * 1e3:.1f} ms" if value < 10 else f"{value:.2f} s"
     if unit == "bytes":
         return f"{value / 2**20:.1f} MiB"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
     return f"{value:.4g} {unit}".strip()
 
 

@@ -83,12 +83,17 @@ def memory_worker(args) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     step = _real_sizes.train_step_fn(model, optimizer, inputs[args.memory_worker])
 
+    seconds = []
+
     def two_steps():
-        step()
-        step()
+        for _ in range(2):
+            begin = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - begin)
 
     result = _timing.measure_peak_rss(two_steps)
     result["parameter_bytes"] = _real_sizes.parameter_bytes(model)
+    result["step_seconds"] = seconds  # the first step includes allocating AdamW's state
     print(json.dumps(result), flush=True)
 
 
@@ -102,7 +107,7 @@ def measure_memory(args, name: str, log) -> dict:
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     log(f"  memory {name}: peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, rise "
-        f"{result['peak_increase_bytes'] / 2**20:.0f} MiB")
+        f"{result['peak_increase_bytes'] / 2**20:.0f} MiB, steps {', '.join(f'{t:.1f}' for t in result['step_seconds'])} s")
     return result
 
 
@@ -191,6 +196,12 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--resamplers", nargs="+", default=["mlp", "bimamba"], choices=("mlp", "bimamba"))
     parser.add_argument("--share-views", type=int, nargs="*", default=None, choices=sorted(_real_sizes.VIEW_LAYOUTS))
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the peak RSS (and the times) of 2 training steps, each model in its own process: for the full "
+        "depth, where both models with their AdamW state do not fit in this machine's memory at once",
+    )
     parser.add_argument("--memory-worker", choices=("ours", "llava"), help=argparse.SUPPRESS)
     parser.add_argument("--resampler", default="mlp", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,6 +241,21 @@ def main(argv=None) -> None:
     # The results so far are written after every section: a run stopped half-way (a BiMamba step can take minutes
     # on a loaded CPU) keeps what it measured.
     name = "bench_real_step_quick" if args.quick else "bench_real_step"
+    if (args.vision_layers, args.text_layers) == (27, 28):
+        name = "bench_real_step_full_depth"
+    if args.memory_only:
+        name += "_memory"
+        for resampler in args.resamplers:
+            args.resampler = resampler
+            memory = {model: measure_memory(args, model, log) for model in ("ours", "llava")}
+            ours, llava = (memory[model]["peak_rss_bytes"] / 2**20 for model in ("ours", "llava"))
+            rows.append(_timing.ratio_row(f"{resampler} resampler: peak RSS of 2 training steps", ours, llava,
+                                          "<= 1.05", ours / llava <= 1.05, unit="MiB"))
+            details.append({"resampler": resampler, "memory": memory})
+            _timing.write_results(name, payload())
+        _timing.print_ratio_table(rows, "Real width: peak memory of 2 training steps, ours / LLaVA")
+        print(f"total {time.perf_counter() - start:.0f} s")
+        return
     for resampler in args.resamplers:
         more_rows, more = compare(args, resampler, log)
         rows += more_rows

@@ -15,13 +15,16 @@ from PIL import Image
 
 from modeling_panovlm.cli.probe import DEFAULT_PROBE_FILE
 from modeling_panovlm.probe import load_probe_file, parse_probe
-from modeling_panovlm.probe.runner import check_configurations
+from modeling_panovlm.probe.runner import check_configurations, stage_options
 from modeling_panovlm.testing.probe_tasks import (
+    COUNTS,
     PROBE_TASKS,
     SECTORS,
     closed_answer,
     consistency_rate,
+    counting_scene,
     direction_scene,
+    relative_scene,
     roll_objects,
     scene_questions,
     sector_of,
@@ -62,8 +65,9 @@ def test_probe_dataset_has_every_task_and_consistency_pairs_point_at_matching_qu
         assert read["consistency"][rolled]["url"].startswith(directions[original]["url"][:-4] + "_roll")
     for row in read["ceiling_floor"]:
         assert row["annotation"] in ("ceiling", "floor")
-    for row in read["relative"]:
-        assert row["annotation"] in ("red", "green", "blue", "yellow")
+    for task in ("relative", "relative_object"):
+        assert {row["annotation"] for row in read[task]} <= {"red", "green", "blue", "yellow"}
+    assert {row["query"] for row in read["relative"]} == {"what is behind the camera?"}
 
 
 def csv_rows(path):
@@ -81,6 +85,21 @@ def test_seam_scenes_put_objects_across_the_seam():
     rng = random.Random(1)
     off_seam = [q for _ in range(60) for q in scene_questions("direction", direction_scene(rng), "x.png") if q.task == "direction8"]
     assert "behind" in {q.answer for q in off_seam}
+
+
+def test_relative_and_counting_answers_follow_the_drawn_objects():
+    rng = random.Random(2)
+    for _ in range(40):
+        objects = relative_scene(rng)
+        behind, beside = scene_questions("relative", objects, "x.png")
+        at = {obj.colour: obj.yaw_deg for obj in objects}
+        assert abs(at[behind.answer]) >= 180 - 45  # the object behind the camera, across the seam or near it
+        anchor = beside.query.split(" the ")[1].removesuffix(" object?")
+        turn = -90 if " left of " in beside.query else 90  # left is -90 degrees of yaw
+        assert abs((at[beside.answer] - at[anchor] - turn + 180) % 360 - 180) <= 30
+        objects = counting_scene(rng)
+        (count,) = scene_questions("counting", objects, "x.png")
+        assert {obj.colour for obj in objects} == {count.query.split()[2]} and COUNTS.index(count.answer) + 1 == len(objects)
 
 
 def test_closed_answers_and_consistency_are_exact():
@@ -103,6 +122,14 @@ def test_default_probe_compares_what_the_issue_asks_and_every_configuration_is_v
     assert {o["stitching_mode"] for o in overrides} == {"concat", "drop_overlap"}
     assert {o.get("pitch_levels_deg", (0.0,)) and tuple(o.get("pitch_levels_deg", [0.0])) for o in overrides} == {(0.0,), (45.0, 0.0, -45.0)}
     assert {c.stages for c in configs.values()} == {("vision", "resampler", "finetune"), ("resampler", "finetune")}
+
+
+def test_only_the_vision_stage_augments(tmp_path):
+    # A yaw roll or a hue shift contradicts answers that name a direction or a colour: with them the language
+    # stages learned nothing (8-sector direction stayed at the fixed answer's share after 1,500 steps).
+    spec = load_probe_file(DEFAULT_PROBE_FILE)
+    options = stage_options(spec, spec.configurations[0], 0, tmp_path / "initial", tmp_path / "train.csv", tmp_path)
+    assert {stage.stage: stage.augment for stage in options} == {"vision": True, "resampler": False, "finetune": False}
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", default="out/probe", help="where everything is written (default: out/probe)")
     parser.add_argument(
-        "--jobs", type=int_at_least(1), default=1, help="runs trained at once, in worker processes (default: 1)"
+        "--jobs",
+        type=int_at_least(1),
+        default=None,
+        help="runs trained at once, in worker processes of one torch thread each when more than one (default: one "
+        "per CPU core this process may use, at most the number of runs)",
     )
     parser.add_argument("--quick", action="store_true", help="2 steps per stage, 8 panoramas, 2 seeds: the pipeline only")
     parser.add_argument(
@@ -82,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output_dir)
     log_file = attach_log_file(out / "probe.log")
     total = len(spec.seeds) * len(spec.configurations)
+    # Tiny models use a second thread poorly: two one-thread runs at once finish sooner than two two-thread runs.
+    jobs = args.jobs or min(total, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if not args.quiet:
         print(f"probe {spec.source}: {len(spec.configurations)} configurations x {len(spec.seeds)} seeds = {total} runs", flush=True)
 
@@ -92,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         results = run_probe(
-            spec, out, jobs=args.jobs, on_run=progress, worker_setup=partial(set_up_worker, args.log_level, log_file)
+            spec, out, jobs=jobs, on_run=progress, worker_setup=partial(set_up_worker, args.log_level, log_file)
         )
     except ValueError as error:
         parser.error(str(error))

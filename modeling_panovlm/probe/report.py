@@ -22,7 +22,8 @@ TASK_LABELS = {
     "direction8_seam": "direction, seam",
     "horizon": "above/below",
     "ceiling_floor": "ceiling/floor",
-    "relative": "relative",
+    "relative": "behind the camera",
+    "relative_object": "beside an object",
     "counting": "counting",
     "consistency": "yaw consistency",
 }

@@ -27,11 +27,14 @@ logger = logging.getLogger(__name__)
 
 # Each stage's options where the probe file gives none (examples/probe.yaml gives these), and those of every stage.
 STAGE_DEFAULTS = {
-    "vision": {"max_steps": 10, "learning_rate": 2e-3, "augment": True},  # yaw roll: no single panorama layout
-    "resampler": {"max_steps": 15, "learning_rate": 2e-3},
-    "finetune": {"max_steps": 400, "learning_rate": 3e-3},
+    "vision": {"max_steps": 100, "learning_rate": 2e-3, "augment": True},  # yaw roll: no single panorama layout
+    "resampler": {"max_steps": 100, "learning_rate": 2e-3},
+    "finetune": {"max_steps": 1600, "learning_rate": 3e-3},
 }
 _COMMON_STAGE_OPTIONS = {
+    # Every answer names a direction or a colour, which a yaw roll or a hue shift would contradict (with them the
+    # language stages learned nothing: 13 % on 8 sectors after 1,500 steps, the fixed answer's share).
+    "augment": False,
     "weight_decay": 0.0,
     "lora_r": 32,
     "lora_alpha": 64,

@@ -50,8 +50,8 @@ class ProbeSpec:
 
     seeds: tuple[int, ...]
     configurations: tuple[ProbeConfiguration, ...]
-    train_panoramas: int = 320
-    test_panoramas: int = 200
+    train_panoramas: int = 2000
+    test_panoramas: int = 480
     height: int = 64
     model: dict = field(default_factory=dict)
     batch_size: int = 16
@@ -132,8 +132,8 @@ def parse_probe(content: dict, source: str = "<dict>") -> ProbeSpec:
     return ProbeSpec(
         seeds=seeds,
         configurations=tuple(parsed),
-        train_panoramas=_int(data.get("train_panoramas", 320), source, "data.train_panoramas", 4),
-        test_panoramas=_int(data.get("test_panoramas", 200), source, "data.test_panoramas", 4),
+        train_panoramas=_int(data.get("train_panoramas", 2000), source, "data.train_panoramas", 4),
+        test_panoramas=_int(data.get("test_panoramas", 480), source, "data.test_panoramas", 4),
         height=_int(data.get("height", 64), source, "data.height", 8),
         model=dict(model),
         batch_size=_int(content.get("batch_size", 16), source, "batch_size", 1),

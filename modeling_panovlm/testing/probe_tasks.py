@@ -9,13 +9,22 @@ closed set, so accuracy is exact:
   scored apart (`direction8_seam`: "behind right", "behind" or "behind left" in equal shares);
 * `horizon` / `ceiling_floor`: "how high is the red object?" -> "above" / "below" (20 to 35 degrees off the horizon)
   or "ceiling" / "floor" (beyond 78 degrees: only views pitched off the horizon see them);
-* `relative`: "what is left of the red object?", "what is right of ...?", "what is behind the camera?" -> a colour,
-  in scenes with one object per quadrant (the neighbours sit in other views);
-* `counting`: "how many red objects?" -> "one" to "four", objects spread over 8 yaw slots (so over several views
-  and their overlaps);
+* `relative`: "what is behind the camera?" -> a colour, in scenes with one object per quadrant (front, right,
+  behind, left: each in other views; the one behind lies on the +/-180 degree seam);
+* `relative_object`: "what is left of the red object?" / "what is right of ...?" in the same scenes: the object
+  must be found first, then its neighbour a quarter turn away;
+* `counting`: "how many red objects?" -> "one" to "four", objects of that one colour spread over 8 yaw slots (so
+  over several views and their overlaps);
 * `consistency`: the held-out direction scenes rolled in yaw by a whole number k of sectors; a pair is consistent
   when the answer about the rolled panorama is the answer about the original turned by k sectors (whether or not
   either is right).
+
+Direction, height and counting scenes hold the asked-about objects only, and `relative` asks one fixed question:
+finding one object among distractors by its colour, or a place named by the question, and then reading what is
+there takes a two-layer language model far longer than the probe's budget (measured: 8-sector direction with 1 to 3
+distractors reached 39 % after 1,500 steps, alone 100 % after 500; "what is in front of / right of / behind / left
+of the camera?" stayed at chance after 1,600), so they would measure that binding step instead of the panoramic
+components. `relative_object` keeps the binding step, as a task of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import csv
 import json
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +48,16 @@ LEVELS = {"above": (20.0, 35.0), "below": (-35.0, -20.0), "ceiling": (78.0, 90.0
 COUNTS = ("one", "two", "three", "four")
 # Scene kinds in the order they cycle through the panoramas, and the tasks each one's questions belong to.
 SCENE_KINDS = ("direction", "height", "relative", "counting")
-PROBE_TASKS = ("direction8", "direction8_seam", "horizon", "ceiling_floor", "relative", "counting", "consistency")
+PROBE_TASKS = (
+    "direction8", "direction8_seam", "horizon", "ceiling_floor", "relative", "relative_object", "counting", "consistency"
+)
 ANSWERS: dict[str, tuple[str, ...]] = {
     "direction8": SECTORS,
     "direction8_seam": SECTORS,
     "horizon": ("above", "below", "ceiling", "floor"),
     "ceiling_floor": ("above", "below", "ceiling", "floor"),
     "relative": tuple(COLOURS),
+    "relative_object": tuple(COLOURS),
     "counting": COUNTS,
     "consistency": SECTORS,
 }
@@ -85,49 +98,40 @@ def seam_object(rng: random.Random, colour: str) -> SceneObject:
 
 
 def direction_scene(rng: random.Random, seam_probability: float = 0.5) -> list[SceneObject]:
-    """Two to four objects of distinct colours in distinct sectors near the horizon, at most 10 degrees off their
-    sector's centre (12 to 20 behind, off the seam) and too small to reach a neighbouring sector's objects; with `seam_probability` the first one is
-    a `seam_object` instead, and the others keep out of the three sectors behind."""
-    count = rng.randint(2, 4)
-    colours = rng.sample(list(COLOURS), count)
-    seam = rng.random() < seam_probability
-    free = [sector for sector in range(len(SECTORS)) if not seam or sector not in (3, 4, 5)]
-    sectors = rng.sample(free, count - seam)
-    objects = [seam_object(rng, colours[0])] if seam else []
-    for colour, sector in zip(colours[seam:], sectors):
-        offset, size = rng.uniform(-10.0, 10.0), rng.uniform(28.0, 34.0)
-        if sector == 4:  # behind but off the seam: 12 to 20 degrees to one side, small enough not to reach it
-            offset = rng.choice((-1, 1)) * rng.uniform(12.0, 20.0)
-            size = rng.uniform(22.0, 2 * abs(offset) + 4.0)
-        yaw = (sector * SECTOR_DEG + offset + 180.0) % 360.0 - 180.0
-        objects.append(SceneObject(colour, rng.choice(SHAPES), yaw, rng.uniform(-8, 8), size))
-    return objects
+    """One object near the horizon, at most 10 degrees off its sector's centre (12 to 20 behind, off the seam, and
+    too small to reach it); with `seam_probability` a `seam_object` instead."""
+    colour = rng.choice(list(COLOURS))
+    if rng.random() < seam_probability:
+        return [seam_object(rng, colour)]
+    sector = rng.randrange(len(SECTORS))
+    offset, size = rng.uniform(-10.0, 10.0), rng.uniform(28.0, 34.0)
+    if sector == 4:  # behind but off the seam: 12 to 20 degrees to one side, small enough not to reach it
+        offset = rng.choice((-1, 1)) * rng.uniform(12.0, 20.0)
+        size = rng.uniform(22.0, 2 * abs(offset) + 4.0)
+    yaw = (sector * SECTOR_DEG + offset + 180.0) % 360.0 - 180.0
+    return [SceneObject(colour, rng.choice(SHAPES), yaw, rng.uniform(-8, 8), size)]
 
 
-def height_scene(rng: random.Random) -> list[SceneObject]:
-    """Two to four objects of distinct colours at distinct yaws, each above or below the horizon, on the ceiling or
-    on the floor (the two polar places hold one object each at most)."""
-    count = rng.randint(2, 4)
-    levels = rng.sample(["ceiling", "floor", "above", "below", "above", "below"], count)
-    yaws = rng.sample(range(-180, 180, 60), count)
-    return [
-        SceneObject(colour, rng.choice(SHAPES), yaw + rng.uniform(-15, 15), rng.uniform(*LEVELS[level]), rng.uniform(20, 26))
-        for colour, level, yaw in zip(rng.sample(list(COLOURS), count), levels, yaws)
-    ]
+def height_scene(rng: random.Random, levels: tuple[str, ...] = ("ceiling", "floor", "above", "below", "above", "below")) -> list[SceneObject]:
+    """One object at a level drawn from `levels` (by default above or below the horizon two times in three, else on
+    the ceiling or the floor)."""
+    level = rng.choice(levels)
+    return [SceneObject(rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.uniform(-180, 180), rng.uniform(*LEVELS[level]), rng.uniform(20, 26))]
 
 
 def relative_scene(rng: random.Random) -> list[SceneObject]:
-    """Four objects of distinct colours, one per quadrant (front, right, behind, left), up to 15 degrees off."""
+    """Four objects of distinct colours, one per quadrant (front, right, behind, left), up to 15 degrees off, in a
+    random order (which `scene_questions` asks about)."""
+    quadrants = rng.sample(range(4), 4)
     return [
-        SceneObject(colour, rng.choice(SHAPES), quadrant * 90.0 + rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(28, 36))
-        for colour, quadrant in zip(rng.sample(list(COLOURS), 4), (0, 1, 2, -1))
+        SceneObject(colour, rng.choice(SHAPES), (quadrant * 90.0 + rng.uniform(-15, 15) + 180.0) % 360.0 - 180.0, rng.uniform(-8, 8), rng.uniform(28, 36))
+        for colour, quadrant in zip(rng.sample(list(COLOURS), 4), quadrants)
     ]
 
 
 def counting_scene(rng: random.Random) -> list[SceneObject]:
-    """One to four objects of a target colour and up to two of other colours, each in its own 45 degree slot."""
-    target, *others = rng.sample(list(COLOURS), 3)
-    colours = [target] * rng.randint(1, 4) + rng.sample(others, rng.randint(0, 2))
+    """One to four objects of one colour, each in its own 45 degree slot."""
+    colours = [rng.choice(list(COLOURS))] * rng.randint(1, 4)
     slots = rng.sample(range(len(SECTORS)), len(colours))
     return [
         SceneObject(colour, rng.choice(SHAPES), slot * SECTOR_DEG - 180.0 + rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(20, 26))
@@ -151,20 +155,19 @@ def scene_questions(kind: str, objects: list[SceneObject], image: str) -> list[Q
             questions.append(Question(image, f"how high is the {obj.colour} object?", level, task))
         return questions
     if kind == "relative":
-        # Three questions, not all eight, so that relative questions do not outnumber the others: the anchors are
-        # the first two colours in alphabetical order, which sit in random quadrants.
+        # Two questions, not all eight, so that relative questions do not outnumber the others: what is behind, and
+        # the left or right (by the third object's quadrant) neighbour of the second object in the scene's random
+        # order.
         quadrant_of = {obj.colour: round(obj.yaw_deg / 90.0) % 4 for obj in objects}
         colour_at = {quadrant: colour for colour, quadrant in quadrant_of.items()}
-        first, second = sorted(quadrant_of)[:2]
+        anchor, side = objects[1].colour, ("left", "right")[quadrant_of[objects[2].colour] % 2]
         return [
             Question(image, "what is behind the camera?", colour_at[2], "relative"),
-            Question(image, f"what is left of the {first} object?", colour_at[(quadrant_of[first] - 1) % 4], "relative"),
-            Question(image, f"what is right of the {second} object?", colour_at[(quadrant_of[second] + 1) % 4], "relative"),
+            Question(image, f"what is {side} of the {anchor} object?",
+                     colour_at[(quadrant_of[anchor] + (1 if side == "right" else -1)) % 4], "relative_object"),
         ]
-    if kind == "counting":  # about the target colour only (the first object's), so the counts stay balanced
-        target = objects[0].colour
-        count = sum(obj.colour == target for obj in objects)
-        return [Question(image, f"how many {target} objects?", COUNTS[count - 1], "counting")]
+    if kind == "counting":
+        return [Question(image, f"how many {objects[0].colour} objects?", COUNTS[len(objects) - 1], "counting")]
     raise ValueError(f"unknown scene kind {kind!r}; expected one of {SCENE_KINDS}")
 
 
@@ -199,11 +202,24 @@ def write_probe_dataset(
     tests: dict[str, list[Question]] = {task: [] for task in PROBE_TASKS}
     rolled_pairs: list[tuple[Question, Question, int]] = []
     total = num_train + num_test
-    last_direction = max(index for index in range(num_train, total) if SCENE_KINDS[index % len(SCENE_KINDS)] == "direction")
+    # A small test split still scores every task: the first test scene of a kind is drawn for one of its two
+    # tasks, the last for the other when no scene has given it one yet.
+    first_and_last = {
+        kind: (indices[0], indices[-1])
+        for kind in ("direction", "height")
+        for indices in [[index for index in range(num_train, total) if SCENE_KINDS[index % len(SCENE_KINDS)] == kind]]
+    }
+    forced = {
+        "direction": (partial(direction_scene, seam_probability=0.0), partial(direction_scene, seam_probability=1.0), "direction8_seam"),
+        "height": (partial(height_scene, levels=("above", "below")), partial(height_scene, levels=("ceiling", "floor")), "ceiling_floor"),
+    }
     for index in range(total):
         kind = SCENE_KINDS[index % len(SCENE_KINDS)]
-        if index == last_direction and not tests["direction8_seam"]:  # a small test split still scores the seam
-            objects = direction_scene(rng, seam_probability=1.0)
+        first, last = first_and_last.get(kind, (None, None))
+        if index == first and first != last:
+            objects = forced[kind][0](rng)
+        elif index == last and not tests[forced[kind][2]]:
+            objects = forced[kind][1](rng)
         else:
             objects = _SCENES[kind](rng)
         split = "train" if index < num_train else "test"
