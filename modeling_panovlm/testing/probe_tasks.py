@@ -21,10 +21,10 @@ closed set, so accuracy is exact:
 
 Direction, height and counting scenes hold the asked-about objects only, and `relative` asks one fixed question:
 finding one object among distractors by its colour, or a place named by the question, and then reading what is
-there takes a two-layer language model far longer than the probe's budget (measured: 8-sector direction with 1 to 3
-distractors reached 39 % after 1,500 steps, alone 100 % after 500; "what is in front of / right of / behind / left
-of the camera?" stayed at chance after 1,600), so they would measure that binding step instead of the panoramic
-components. `relative_object` keeps the binding step, as a task of its own.
+there takes a two-layer language model far longer than the probe's budget (measured with a plain LoRA training loop:
+8-sector direction with 1 to 3 distractors reached 39 % after 1,500 steps, alone 100 % after 500; with the probe,
+"what is in front of / right of / behind / left of the camera?" stayed at chance after 1,600), so they would measure
+that binding step instead of the panoramic components. `relative_object` keeps the binding step, as a task of its own.
 """
 
 from __future__ import annotations
