@@ -23,6 +23,7 @@ from modeling_panovlm.evaluation.thinking import strip_thinking, thinks_by_defau
 from modeling_panovlm.testing.synthetic_panoramas import SceneObject, render_panorama
 from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from modeling_panovlm.training.lora import lm_lora_config
+from tests.cli_runner import run_cli
 from tests.test_legacy_conversion import hparams_for, legacy_state_dict, tiny, write_run  # noqa: F401 (fixture)
 
 
@@ -66,16 +67,6 @@ def workspace(tmp_path_factory):
     return root
 
 
-def run(module, argv: list, capsys) -> tuple[int, str, str]:
-    """`module.main(argv)`: (exit status, stdout, stderr)."""
-    try:
-        status = module.main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def record_prompts(monkeypatch) -> list[str]:
     """Record the prompts PanoVLM generation is given (chat-templated, image tokens expanded)."""
     prompts = []
@@ -92,7 +83,7 @@ def record_prompts(monkeypatch) -> list[str]:
 # ---- help and flags -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_shows_an_example_and_explains_every_flag(name, capsys):
-    status, out, _ = run(COMMANDS[name], ["--help"], capsys)
+    status, out, _ = run_cli(COMMANDS[name], ["--help"], capsys)
     assert status == 0 and f"panovlm {name} " in out and "usage:" in out
     unexplained = [action.dest for action in COMMANDS[name].build_parser()._actions if not action.help]
     assert unexplained == []
@@ -145,7 +136,7 @@ ASK = ["--model", "m", "--image", "p.jpg", "--prompt", "q"]
     ],
 )
 def test_bad_flag_values_are_refused_naming_the_valid_range(name, argv, message, capsys):
-    status, _, err = run(COMMANDS[name], argv, capsys)
+    status, _, err = run_cli(COMMANDS[name], argv, capsys)
     assert status == 2 and message in err
 
 
@@ -165,7 +156,7 @@ def test_missing_directories_and_files_are_named(workspace, tmp_path, capsys):
         (export_cli, [tmp_path / "gone"], "gone does not exist"),
         (evaluate_cli, ["--model", workspace / "tiny", "--csv", table, "--output-dir", table], "is a file, not a directory"),
     ]:
-        status, _, err = run(command, argv, capsys)
+        status, _, err = run_cli(command, argv, capsys)
         assert status == 2 and message in err and "Repo id" not in err, (argv, err)
     assert not (tmp_path / "metrics.json").exists()
 
@@ -184,11 +175,11 @@ def test_predictions_files_with_bad_rows_are_refused_naming_the_line(tmp_path, c
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-        status, _, err = run(evaluate_cli, ["--predictions", tmp_path / name, "--output-dir", tmp_path / "o"], capsys)
+        status, _, err = run_cli(evaluate_cli, ["--predictions", tmp_path / name, "--output-dir", tmp_path / "o"], capsys)
         assert status == 2 and f"{tmp_path / name}" in err and messages[name] in err, err
     assert not (tmp_path / "o").exists()
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (header + "a.jpg,q,a red circle,a red circle\n").encode())
-    status, _, err = run(evaluate_cli, ["--predictions", tmp_path / "bom.csv", "--output-dir", tmp_path / "o", *QUICK_SCORING], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--predictions", tmp_path / "bom.csv", "--output-dir", tmp_path / "o", *QUICK_SCORING], capsys)
     assert status == 0, err
 
 
@@ -208,7 +199,7 @@ def test_checkpoint_sources_that_can_only_be_paths_are_checked_locally(tmp_path)
 def test_evaluate_asks_in_the_saved_prompt_format_and_the_flags_override_it(workspace, tmp_path, monkeypatch, capsys):
     prompts = record_prompts(monkeypatch)
     common = ["--csv", workspace / "test.csv", "--max-new-tokens", 3, "--max-samples", 1, *QUICK_SCORING]
-    status, _, err = run(evaluate_cli, ["--model", workspace / "prompted", *common, "--output-dir", tmp_path / "saved"], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--model", workspace / "prompted", *common, "--output-dir", tmp_path / "saved"], capsys)
     assert status == 0, err
     assert len(prompts) == 1 and prompts[0].startswith("<|im_start|>system\nSaved system prompt.<|im_end|>")
     assert "Saved template about location.<|im_end|>" in prompts[0]
@@ -217,7 +208,7 @@ def test_evaluate_asks_in_the_saved_prompt_format_and_the_flags_override_it(work
 
     prompts.clear()
     overrides = ["--system-prompt", "", "--user-template", "Q: {query}?"]
-    status, _, err = run(evaluate_cli, ["--model", workspace / "prompted", *common, *overrides, "--output-dir", tmp_path / "o"], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--model", workspace / "prompted", *common, *overrides, "--output-dir", tmp_path / "o"], capsys)
     assert status == 0, err
     assert prompts[0].startswith("<|im_start|>user\n") and "\nQ: location?<|im_end|>" in prompts[0]
     recorded = json.loads((tmp_path / "o" / "metrics.json").read_text())["generation"]["prompting"]
@@ -231,7 +222,7 @@ def test_decoding_flags_are_applied_recorded_and_seeded(workspace, tmp_path, cap
     outputs = []
     for name in ("first", "second"):
         argv = ["--model", workspace / "tiny", "--csv", workspace / "test.csv", "--output-dir", tmp_path / name, *flags]
-        status, _, err = run(evaluate_cli, argv, capsys)
+        status, _, err = run_cli(evaluate_cli, argv, capsys)
         assert status == 0, err
         outputs.append((tmp_path / name / "predictions.csv").read_text())
     settings = json.loads((tmp_path / "first" / "metrics.json").read_text())["generation"]["settings"]
@@ -274,7 +265,7 @@ def test_think_is_removed_by_default_for_qwen3_and_reported(workspace, tmp_path,
 
     monkeypatch.setattr(generation, "generate_from_features", thinking)
     common = ["--model", workspace / "tiny", "--csv", workspace / "test.csv", *QUICK_SCORING]
-    status, out, err = run(evaluate_cli, [*common, "--output-dir", tmp_path / "default"], capsys)
+    status, out, err = run_cli(evaluate_cli, [*common, "--output-dir", tmp_path / "default"], capsys)
     assert status == 0, err
     summary = json.loads((tmp_path / "default" / "metrics.json").read_text())
     assert summary["think"] == {"removed": True, "with_think": 2, "out_of": 3, "unit": "caption"}
@@ -283,7 +274,7 @@ def test_think_is_removed_by_default_for_qwen3_and_reported(workspace, tmp_path,
     assert predictions == {"a red circle", "nobody"}
     assert "<think> reasoning in 2 of 3 captions: removed before scoring" in out
 
-    status, _, err = run(evaluate_cli, [*common, "--output-dir", tmp_path / "kept", "--no-strip-think"], capsys)
+    status, _, err = run_cli(evaluate_cli, [*common, "--output-dir", tmp_path / "kept", "--no-strip-think"], capsys)
     assert status == 0, err
     assert json.loads((tmp_path / "kept" / "metrics.json").read_text())["think"]["removed"] is False
     assert "which shape?" in (tmp_path / "kept" / "predictions.csv").read_text()
@@ -293,7 +284,7 @@ def test_think_is_removed_by_default_for_qwen3_and_reported(workspace, tmp_path,
     kept = tmp_path / "kept" / "predictions.csv"
     for flags, removed in (([], False), (["--strip-think"], True)):
         argv = ["--predictions", kept, "--output-dir", tmp_path / "re", *QUICK_SCORING, *flags]
-        status, _, err = run(evaluate_cli, argv, capsys)
+        status, _, err = run_cli(evaluate_cli, argv, capsys)
         assert status == 0, err
         rescored = json.loads((tmp_path / "re" / "metrics.json").read_text())
         assert rescored["think"] == {"removed": removed, "with_think": 3, "out_of": 4, "unit": "row"}
@@ -311,7 +302,7 @@ def test_evaluate_reads_other_column_names_and_streams(workspace, tmp_path, caps
     summaries = {}
     for name, flags in (("prepared", []), ("streamed", ["--streaming"])):
         argv = [*common, "--csv", tmp_path / "renamed.csv", "--output-dir", tmp_path / name, *flags]
-        status, _, err = run(evaluate_cli, argv, capsys)
+        status, _, err = run_cli(evaluate_cli, argv, capsys)
         assert status == 0, err
         summaries[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert summaries["streamed"]["data"]["streaming"] is True and summaries["prepared"]["data"]["streaming"] is False
@@ -319,7 +310,7 @@ def test_evaluate_reads_other_column_names_and_streams(workspace, tmp_path, caps
         assert summary["data"]["rows_scored"] == 4 and summary["generation"]["generations"] == 3
         assert summary["think"] == {"removed": True, "with_think": 0, "out_of": 3, "unit": "caption"}
     assert (tmp_path / "prepared" / "predictions.csv").read_text() == (tmp_path / "streamed" / "predictions.csv").read_text()
-    status, _, err = run(evaluate_cli, ["--predictions", tmp_path / "prepared" / "predictions.csv", "--output-dir", tmp_path, "--streaming"], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--predictions", tmp_path / "prepared" / "predictions.csv", "--output-dir", tmp_path, "--streaming"], capsys)
     assert status == 2 and "--streaming only apply when generating" in err
 
 
@@ -331,11 +322,11 @@ def test_adapter_is_merged_for_evaluate_and_infer(workspace, tmp_path, capsys):
     assert not torch.equal(base.state_dict()[name], merged.state_dict()[name])
     argv = ["--model", workspace / "tiny", "--adapter", workspace / "adapter", "--max-new-tokens", 3]
     scoring = ["--csv", workspace / "test.csv", "--output-dir", tmp_path, *QUICK_SCORING]
-    status, _, err = run(evaluate_cli, [*argv, *scoring], capsys)
+    status, _, err = run_cli(evaluate_cli, [*argv, *scoring], capsys)
     assert status == 0, err
     model_name = json.loads((tmp_path / "metrics.json").read_text())["generation"]["model"]
     assert model_name == f"{workspace / 'tiny'} + adapter {workspace / 'adapter'}"
-    status, out, err = run(infer_cli, [*argv, "--image", workspace / "images" / "a.jpg", "--prompt", "red object"], capsys)
+    status, out, err = run_cli(infer_cli, [*argv, "--image", workspace / "images" / "a.jpg", "--prompt", "red object"], capsys)
     assert status == 0 and out.strip(), err
 
 
@@ -343,20 +334,20 @@ def test_adapter_is_merged_for_evaluate_and_infer(workspace, tmp_path, capsys):
 def test_convert_runs_through_main(tmp_path, tiny, capsys):  # noqa: F811 (the imported fixture)
     run_dir = write_run(tmp_path / "run", legacy_state_dict(tiny["model"]), hparams_for(tiny), metadata="complete")
     argv = ["--checkpoint-dir", run_dir, "--output-dir", tmp_path / "out", "--image-token-id", tiny["model"].config.image_token_id]
-    status, out, err = run(convert_cli, argv, capsys)
+    status, out, err = run_cli(convert_cli, argv, capsys)
     assert status == 0, err
     assert "mapped" in out and f"wrote {tmp_path / 'out'}" in out
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "out").config.model_type == "panovlm"
-    status, _, err = run(convert_cli, argv, capsys)  # the output exists now
+    status, _, err = run_cli(convert_cli, argv, capsys)  # the output exists now
     assert status == 2 and "exists and is not empty" in err
 
 
 def test_export_runs_through_main(workspace, tmp_path, capsys):
     build_tiny_checkpoint(tmp_path / "tiny")
-    status, out, err = run(export_cli, [tmp_path / "tiny"], capsys)
+    status, out, err = run_cli(export_cli, [tmp_path / "tiny"], capsys)
     assert status == 0, err
     assert "modeling_panovlm.py" in out and "trust_remote_code=True" in out
     assert "auto_map" in json.loads((tmp_path / "tiny" / "config.json").read_text())
     (tmp_path / "other").mkdir()
-    status, _, err = run(export_cli, [tmp_path / "other"], capsys)
+    status, _, err = run_cli(export_cli, [tmp_path / "other"], capsys)
     assert status == 2 and "neither config.json nor processor_config.json" in err

@@ -29,7 +29,8 @@ from modeling_panovlm.testing.tiny_checkpoint import build_tiny_checkpoint
 from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
 from processing_panovlm.data.captions import load_caption_table
 from processing_panovlm.processing_panovlm import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_TEMPLATE
-from tests.test_cli_eval import QUICK_SCORING, run
+from tests.cli_runner import run_cli
+from tests.test_cli_eval import QUICK_SCORING
 
 
 # A ChatML template of the kind LLaVA checkpoints ship: content parts, the image as its placeholder token.
@@ -116,9 +117,9 @@ def test_the_panorama_is_resized_whole(workspace):
 
 def test_a_general_vlm_is_scored_on_the_same_table_by_the_same_code(workspace, tmp_path, capsys):
     common = ["--csv", workspace / "test.csv", "--max-new-tokens", 4, "--batch-size", 2, *QUICK_SCORING]
-    status, _, err = run(evaluate_cli, ["--model", workspace / "llava", *common, "--output-dir", tmp_path / "llava"], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--model", workspace / "llava", *common, "--output-dir", tmp_path / "llava"], capsys)
     assert status == 0, err
-    status, _, err = run(evaluate_cli, ["--model", workspace / "panovlm", *common, "--output-dir", tmp_path / "pano"], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--model", workspace / "panovlm", *common, "--output-dir", tmp_path / "pano"], capsys)
     assert status == 0, err
     llava, pano = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("llava", "pano"))
     assert llava["generation"]["model_type"] == "llava" and pano["generation"]["model_type"] == "panovlm"
@@ -151,12 +152,12 @@ def test_a_general_vlm_is_scored_on_the_same_table_by_the_same_code(workspace, t
 def test_baseline_prompt_and_image_size_flags(workspace, tmp_path, capsys):
     argv = ["--model", workspace / "llava", "--csv", workspace / "test.csv", "--output-dir", tmp_path, *QUICK_SCORING]
     argv += ["--max-new-tokens", 2, "--system-prompt", "", "--user-template", "Tell me: {query}", "--baseline-image-size", "96x48"]
-    status, _, err = run(evaluate_cli, argv, capsys)
+    status, _, err = run_cli(evaluate_cli, argv, capsys)
     assert status == 0, err
     prompting = json.loads((tmp_path / "metrics.json").read_text())["generation"]["prompting"]
     assert prompting["system_prompt"] is None and prompting["user_template"] == "Tell me: {query}"
     assert "one 96x48 image" in prompting["input"]
-    status, _, err = run(
+    status, _, err = run_cli(
         evaluate_cli,
         ["--model", workspace / "panovlm", "--csv", workspace / "test.csv", "--output-dir", tmp_path, "--baseline-image-size", 64],
         capsys,
@@ -174,7 +175,7 @@ def test_a_general_vlm_without_a_chat_template_is_refused_before_generating(work
         (evaluate_cli, ["--csv", workspace / "test.csv", "--output-dir", tmp_path / "out"]),
         (infer_cli, ["--image", workspace / "images" / "a.jpg", "--prompt", "q"]),
     ):
-        status, _, err = run(command, ["--model", tmp_path / "llava", *argv], capsys)
+        status, _, err = run_cli(command, ["--model", tmp_path / "llava", *argv], capsys)
         assert status == 2 and "processor of this llava model has no chat template" in err
     assert not (tmp_path / "out").exists()
 
@@ -199,10 +200,10 @@ def test_generate_captions_refuses_one_image_settings_for_a_panovlm(workspace):
 
 def test_infer_asks_a_general_vlm_several_questions(workspace, capsys):
     argv = ["--model", workspace / "llava", "--image", workspace / "images" / "a.jpg", "--max-new-tokens", 3]
-    status, out, err = run(infer_cli, [*argv, "--prompt", "red object", "--prompt", "blue object"], capsys)
+    status, out, err = run_cli(infer_cli, [*argv, "--prompt", "red object", "--prompt", "blue object"], capsys)
     assert status == 0, err
     assert out.startswith("Q: red object\nA: ") and "\nQ: blue object\nA: " in out
-    status, streamed, err = run(infer_cli, [*argv, "--prompt", "red object", "--prompt", "blue object", "--stream"], capsys)
+    status, streamed, err = run_cli(infer_cli, [*argv, "--prompt", "red object", "--prompt", "blue object", "--stream"], capsys)
     assert status == 0 and streamed == out, err
-    status, _, err = run(infer_cli, [*argv, "--prompt", "x", "--show-views", "v.png"], capsys)
+    status, _, err = run_cli(infer_cli, [*argv, "--prompt", "x", "--show-views", "v.png"], capsys)
     assert status == 2 and "--show-views draws a PanoVLM's views" in err

@@ -27,6 +27,7 @@ from processing_panovlm.visualization.views import (
     render_view_overview,
     view_footprint,
 )
+from tests.cli_runner import run_cli
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,15 +134,6 @@ def test_readme_streaming_snippet_runs(checkpoint, monkeypatch, capsys):
     assert printed == processor.decode(answer, skip_special_tokens=True)
 
 
-def run_infer(argv, capsys) -> tuple[int, str, str]:
-    try:
-        status = infer_cli.main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_infer_sends_the_training_prompt_unless_verbatim(checkpoint, monkeypatch, capsys):
     """`--prompt "red object"` is wrapped in the saved user template after the saved system prompt, as training on a
     caption table did; `--verbatim` sends it as the whole user turn."""
@@ -157,14 +149,14 @@ def test_infer_sends_the_training_prompt_unless_verbatim(checkpoint, monkeypatch
     argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--max-new-tokens", 2]
     for extra, verbatim in (([], False), (["--verbatim"], True)):
         sent.clear()
-        status, _, err = run_infer([*argv, "--prompt", "red object", *extra], capsys)
+        status, _, err = run_cli(infer_cli, [*argv, "--prompt", "red object", *extra], capsys)
         assert status == 0, err
         messages = processor.build_messages("red object", verbatim=verbatim)
         expected = processor.apply_chat_template(messages, add_generation_prompt=True)
         assert sent == [processor.expand_image_tokens(expected)]
     assert DEFAULT_USER_TEMPLATE.replace("{query}", "red object") not in sent[0] and "\nred object<|im_end|>" in sent[0]
     sent.clear()
-    status, _, err = run_infer([*argv, "--prompt", "red object", "--system-prompt", "", "--user-template", "Find the {query}."], capsys)
+    status, _, err = run_cli(infer_cli, [*argv, "--prompt", "red object", "--system-prompt", "", "--user-template", "Find the {query}."], capsys)
     assert status == 0, err
     assert sent[0].startswith("<|im_start|>user\n") and "Find the red object.<|im_end|>" in sent[0]
 
@@ -182,7 +174,7 @@ def test_infer_answers_several_prompts_from_one_vision_encoding(checkpoint, monk
     questions.write_text("What is behind the camera?\n\n  Which direction is the red object?  \n", encoding="utf-8")
     argv = ["--model", checkpoint / "tiny-panovlm", "--image", checkpoint / "pano.jpg", "--max-new-tokens", 6]
     argv += ["--prompt", "red object", "--prompts-file", questions]
-    status, out, err = run_infer(argv, capsys)
+    status, out, err = run_cli(infer_cli, argv, capsys)
     assert status == 0, err
     assert encodings == [1]  # one panorama encoded once for the three prompts
     prompts = ["red object", "What is behind the camera?", "Which direction is the red object?"]
@@ -202,7 +194,7 @@ def test_infer_answers_several_prompts_from_one_vision_encoding(checkpoint, monk
     assert answers == [text.strip() for text in expected]
 
     encodings.clear()
-    status, streamed, err = run_infer([*argv, "--stream"], capsys)
+    status, streamed, err = run_cli(infer_cli, [*argv, "--stream"], capsys)
     assert status == 0, err
     assert encodings == [1]
     assert [block.split("\nA: ", 1)[1].strip() for block in streamed.strip().split("\n\n")] == answers
@@ -213,7 +205,7 @@ def test_prompts_files_that_hold_no_usable_question_are_refused(checkpoint, tmp_
     (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9?".encode("latin-1"))
     for name, message in (("blank.txt", "holds no question"), ("latin1.txt", "is not UTF-8 text"), ("none.txt", "does not exist")):
-        status, _, err = run_infer([*argv, tmp_path / name], capsys)
+        status, _, err = run_cli(infer_cli, [*argv, tmp_path / name], capsys)
         assert status == 2 and f"{tmp_path / name} " in err and message in err
 
 

@@ -29,6 +29,7 @@ from modeling_panovlm.testing.tiny_checkpoint import tiny_config
 from modeling_panovlm.testing.tiny_tokenizer import build_tiny_tokenizer
 from processing_panovlm.processing_panovlm import DEFAULT_USER_TEMPLATE, PanoVLMProcessor
 from tests import panollava_configs as shapes
+from tests.cli_runner import run_cli
 from tests.test_legacy_conversion import legacy_state_dict, write_run
 
 
@@ -140,7 +141,11 @@ def test_flat_fields_the_predecessor_path_and_refusals():
         (lambda c: c["models"].update(resampler_type="perceiver"), "perceiver was accepted"),
         (lambda c: c["training"]["stage_configs"]["finetune"].pop("lr"), "has no lr"),
         (lambda c: c["training"].update(stages=["pretrain"]), "unknown stage"),
-        (lambda c: c["training"]["stage_configs"]["finetune"].update(lr="fast"), "must be a number"),
+        (lambda c: c["training"]["stage_configs"]["finetune"].update(lr="fast"), r"finetune\.lr must be a number, got 'fast'"),
+        (lambda c: c["training"]["stage_configs"]["finetune"].update(epochs="two"), r"finetune\.epochs must be a number"),
+        (lambda c: c["training"]["stage_configs"]["finetune"].update(batch_size=2.5), r"finetune\.batch_size must be a whole number, got 2\.5"),
+        (lambda c: c["image_processing"].update(overlap_ratio="half"), r"image_processing\.overlap_ratio must be a number"),
+        (lambda c: c["generation"].update(max_new_tokens="many"), r"generation\.max_new_tokens must be a whole number"),
         (lambda c: c["image_processing"].update(fov_deg=400.0), "not valid"),
     ):
         config = shapes.default_yaml()
@@ -176,20 +181,11 @@ def tiny_panollava_config(towers: Path, runs: Path) -> dict:
     return config
 
 
-def run_main(module, argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        status = module.main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_migrated_run_file_builds_from_the_towers_and_trains(towers, tmp_path, capsys):
     source = tmp_path / "silding.yaml"
     source.write_text(yaml.safe_dump(tiny_panollava_config(towers, tmp_path / "runs")))
     run_file = tmp_path / "run.yaml"
-    status, out, err = run_main(migrate_cli, [source, "--output", run_file, "--build"], capsys)
+    status, out, err = run_cli(migrate_cli, [source, "--output", run_file, "--build"], capsys)
     assert status == 0, err
     assert "image_processing.stitching_mode" in out and "NOT CARRIED OVER" in out and "built the start checkpoint" in out
     written = yaml.safe_load(run_file.read_text())
@@ -208,9 +204,9 @@ def test_migrated_run_file_builds_from_the_towers_and_trains(towers, tmp_path, c
     for stage in ("vision", "resampler", "finetune"):
         assert (start.parent / stage / "stage_summary.json").is_file(), stage
     # Written files are never silently replaced.
-    status, _, err = run_main(migrate_cli, [source, "--output", run_file], capsys)
+    status, _, err = run_cli(migrate_cli, [source, "--output", run_file], capsys)
     assert status == 2 and "--overwrite" in err
-    status, _, err = run_main(migrate_cli, [tmp_path / "missing.yaml", "--output", tmp_path / "x.yaml"], capsys)
+    status, _, err = run_cli(migrate_cli, [tmp_path / "missing.yaml", "--output", tmp_path / "x.yaml"], capsys)
     assert status == 2 and "does not exist" in err
 
 
@@ -233,7 +229,7 @@ def test_checkpoint_dir_of_a_panollava_run_evaluates_as_its_conversion(towers, l
     assert is_legacy_run_dir(legacy_run) and not is_legacy_run_dir(towers / "vision")
     table = towers / "data" / "test.csv"
     common = ["--max-samples", 2, "--max-new-tokens", 4, "--metrics-style", "panollava"]
-    status, out, err = run_main(evaluate_cli, ["--checkpoint-dir", legacy_run, "--csv-input", table, *common,
+    status, out, err = run_cli(evaluate_cli, ["--checkpoint-dir", legacy_run, "--csv-input", table, *common,
                                                "--output-dir", tmp_path / "direct"], capsys)
     assert status == 0, err
     converted = Path(out.split("converted it into ")[1].split()[0])
@@ -245,7 +241,7 @@ def test_checkpoint_dir_of_a_panollava_run_evaluates_as_its_conversion(towers, l
     conversion = plan_conversion(load_legacy_run(legacy_run), image_token_id=build_tiny_tokenizer().convert_tokens_to_ids("<|image_pad|>"))
     by_hand = write_conversion(conversion, tmp_path / "by-hand")
     PanoVLMProcessor.from_model_config(conversion.config, AutoTokenizer.from_pretrained(towers / "text")).save_pretrained(by_hand)
-    status, _, err = run_main(evaluate_cli, ["--model", by_hand, "--csv", table, *common, "--output-dir",
+    status, _, err = run_cli(evaluate_cli, ["--model", by_hand, "--csv", table, *common, "--output-dir",
                                              tmp_path / "manual"], capsys)
     assert status == 0, err
 
@@ -255,14 +251,14 @@ def test_checkpoint_dir_of_a_panollava_run_evaluates_as_its_conversion(towers, l
 
     assert predictions(tmp_path / "direct") == predictions(tmp_path / "manual") and predictions(tmp_path / "manual")
     # Again: the conversion is reused; and infer accepts the run directory too, answering as the converted model.
-    status, out, err = run_main(evaluate_cli, ["--checkpoint-dir", legacy_run, "--csv-input", table, *common,
+    status, out, err = run_cli(evaluate_cli, ["--checkpoint-dir", legacy_run, "--csv-input", table, *common,
                                                "--output-dir", tmp_path / "again"], capsys)
     assert status == 0 and f"reused its conversion into {converted}" in out, err
     image = towers / "data" / predictions(tmp_path / "manual")[0]["url"]
     answers = []
     towers_flags = ["--vision-config", towers / "vision", "--text-config", towers / "text"]  # the recorded towers, named
     for model_flag in (["--checkpoint-dir", legacy_run, *towers_flags], ["--model", by_hand]):
-        status, out, err = run_main(infer_cli, [*model_flag, "--image", image, "--prompt", "location",
+        status, out, err = run_cli(infer_cli, [*model_flag, "--image", image, "--prompt", "location",
                                                 "--max-new-tokens", 4], capsys)
         assert status == 0, err
         answers.append(out.strip().splitlines()[-1])
@@ -272,26 +268,26 @@ def test_checkpoint_dir_of_a_panollava_run_evaluates_as_its_conversion(towers, l
 def test_panollava_flags_refuse_what_cannot_work(legacy_run, towers, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PANOVLM_CONVERTED_CACHE", str(tmp_path / "cache"))
     table = towers / "data" / "test.csv"
-    status, _, err = run_main(evaluate_cli, ["--checkpoint-dir", legacy_run, "--model", legacy_run, "--csv", table,
+    status, _, err = run_cli(evaluate_cli, ["--checkpoint-dir", legacy_run, "--model", legacy_run, "--csv", table,
                                              "--output-dir", tmp_path / "x"], capsys)
     assert status == 2 and "not both" in err
-    status, _, err = run_main(evaluate_cli, ["--model", legacy_run, "--csv", table], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--model", legacy_run, "--csv", table], capsys)
     assert status == 2 and "--output-dir" in err
     broken = tmp_path / "broken"
     broken.mkdir()
     torch.save({"state_dict": {"model.something.weight": torch.zeros(1)}, "hyper_parameters": {
         "vision_name": str(towers / "vision"), "language_model_name": str(towers / "text")}}, broken / "last.ckpt")
-    status, _, err = run_main(evaluate_cli, ["--checkpoint-dir", broken, "--csv-input", table, "--output-dir",
+    status, _, err = run_cli(evaluate_cli, ["--checkpoint-dir", broken, "--csv-input", table, "--output-dir",
                                              tmp_path / "y"], capsys)
     assert status == 2 and "does not convert" in err and not list((tmp_path / "cache").glob("broken-*"))
     with pytest.raises(LegacyConversionError, match="neither a bimamba nor an mlp"):
         convert_run_dir(broken, cache=tmp_path / "cache")
-    status, _, err = run_main(evaluate_cli, ["--checkpoint-dir", legacy_run.parent, "--csv-input", table], capsys)
+    status, _, err = run_cli(evaluate_cli, ["--checkpoint-dir", legacy_run.parent, "--csv-input", table], capsys)
     assert status == 2 and f"give one of {legacy_run}" in err  # the experiment directory, not a stage run
-    status, _, err = run_main(evaluate_cli, ["--model", towers / "text", "--vision-config", towers / "vision", "--csv",
+    status, _, err = run_cli(evaluate_cli, ["--model", towers / "text", "--vision-config", towers / "vision", "--csv",
                                              table, "--output-dir", tmp_path / "z"], capsys)
     assert status == 2 and "is not a PanoLLaVA run" in err
-    status, _, err = run_main(infer_cli, ["--image", table, "--prompt", "x"], capsys)
+    status, _, err = run_cli(infer_cli, ["--image", table, "--prompt", "x"], capsys)
     assert status == 2 and "--model (or --checkpoint-dir)" in err
 
 
@@ -306,7 +302,7 @@ def test_config_flag_completes_what_the_run_does_not_record(legacy_run, towers, 
     (tmp_path / "e2p.yaml").write_text(yaml.safe_dump(config))
     argv = ["--checkpoint-dir", legacy_run, "--config", tmp_path / "e2p.yaml", "--max-samples", 1, "--max-new-tokens", 2,
             "--metrics-style", "panollava"]
-    status, out, err = run_main(evaluate_cli, argv, capsys)
+    status, out, err = run_cli(evaluate_cli, argv, capsys)
     assert status == 0, err
     converted = Path(out.split("converted it into ")[1].split()[0])
     saved = PanoVLMConfig.from_pretrained(converted)
@@ -314,7 +310,7 @@ def test_config_flag_completes_what_the_run_does_not_record(legacy_run, towers, 
     assert (tmp_path / "results" / "eval_results" / "run" / "predictions.csv").is_file()
     config["image_processing"]["crop_strategy"] = "sliding_window"  # not what the run was trained with
     (tmp_path / "sliding.yaml").write_text(yaml.safe_dump(config))
-    status, _, err = run_main(evaluate_cli, [*argv[:2], "--config", tmp_path / "sliding.yaml", *argv[4:]], capsys)
+    status, _, err = run_cli(evaluate_cli, [*argv[:2], "--config", tmp_path / "sliding.yaml", *argv[4:]], capsys)
     assert status == 2 and "was trained with 'e2p'" in err
 
 

@@ -6,6 +6,10 @@ transformers' (`TRANSFORMERS_VERBOSITY`, warning by default). Only the main proc
 Python warnings are captured too: those raised by PanoVLM's code reach the console; library warnings (deprecations
 inside transformers, PEFT...) go only to the log file, which `attach_log_file` opens in the output directory and
 which also keeps every INFO record. The progress bars are the Trainer's (tqdm, on stderr).
+
+A command's results (answers, reports, result tables) are its product, not log records: the commands `print` them
+to stdout, so `panovlm infer ... > answers.txt` keeps the answers alone and `--quiet` or a log level never hides
+them. Everything else goes through logging to stderr.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class _Console(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:
+        except Exception:  # logging.StreamHandler's contract: report a failed emit on stderr, never raise it
             self.handleError(record)
 
 

@@ -87,6 +87,24 @@ class _Translator:
             value = value[part]
         return value
 
+    def number(self, key: str, default: Any = ABSENT, kind: type = float) -> float | int:
+        """`key`'s value (or `default` when absent) as a float, or an int for `kind=int`; a `LegacyConversionError`
+        naming the key for anything else. Strings convert: PanoLLaVA turned "5e-4" (a string to YAML) into a
+        number, so does this; an int must be whole (2.0 is 2, 2.5 is refused rather than cut to 2)."""
+        value = self.get(key, default)
+        try:
+            number = float(value)
+            if kind is int:
+                if not number.is_integer():
+                    raise ValueError(value)
+                return int(number)
+            return number
+        except (TypeError, ValueError, OverflowError):
+            if value is ABSENT:
+                raise LegacyConversionError(f"{key} is missing") from None
+            wanted = "a whole number" if kind is int else "a number"
+            raise LegacyConversionError(f"{key} must be {wanted}, got {value!r}") from None
+
     def has(self, key: str) -> bool:
         return self.get(key, ABSENT) is not ABSENT
 
@@ -115,14 +133,6 @@ class _Translator:
             reason = next((why for prefix, why in DROPPED.items() if key == prefix or key.startswith(prefix + ".")), None)
             reason = reason or "UNKNOWN: not one of the PanoLLaVA settings this tool translates; not carried over"
             self.rows.append(MappingRow(key, self.leaves[key], None, None, reason))
-
-
-def _number(value: Any, key: str) -> float:
-    """PanoLLaVA converted string learning rates ("5e-4", which YAML reads as a string) to floats; so does this."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise LegacyConversionError(f"{key} must be a number, got {value!r}") from None
 
 
 def _effective_resampler(t: _Translator) -> dict:
@@ -200,10 +210,10 @@ def _translate_views(t: _Translator) -> dict:
     config = {"crop_strategy": crop}
     t.take("image_processing.crop_strategy", "model:crop_strategy", crop,
            "" if t.has("image_processing.crop_strategy") else "PanoLLaVA's image processor default")
-    fov = float(t.get("image_processing.fov_deg", 90.0))
+    fov = t.number("image_processing.fov_deg", 90.0)
     config["fov_deg"] = fov
     t.take("image_processing.fov_deg", "model:fov_deg", fov)
-    overlap = float(t.get("image_processing.overlap_ratio", 0.5))
+    overlap = t.number("image_processing.overlap_ratio", 0.5)
     model_overlap = t.get("models.overlap_ratio")
     if crop == "cubemap":
         config["overlap_ratio"] = 0.0
@@ -216,14 +226,14 @@ def _translate_views(t: _Translator) -> dict:
                "" if crop != "resize" else "unused by a single resized view")
     if model_overlap is not None:
         note = ("PanoVLM has one overlap, the views' (image_processing.overlap_ratio); PanoLLaVA stitched with this one"
-                if float(model_overlap) != config["overlap_ratio"] else "same as the views' overlap")
+                if t.number("models.overlap_ratio") != config["overlap_ratio"] else "same as the views' overlap")
         t.take("models.overlap_ratio", "model:overlap_ratio", config["overlap_ratio"], note)
     if crop == "e2p":
         config["vertical_crop_ratio"] = 0.9
         t.note("(behaviour) e2p vertical crop", "90% of rows kept", "model:vertical_crop_ratio", 0.9,
                "PanoLLaVA's e2p cut 5% of rows top and bottom and stretched the rest")
     if crop in ("anyres", "anyres_max") or t.has("image_processing.anyres_max_patches"):
-        patches = int(t.get("image_processing.anyres_max_patches", 12))
+        patches = t.number("image_processing.anyres_max_patches", 12, int)
         config["anyres_max_patches"] = patches
         t.take("image_processing.anyres_max_patches", "model:anyres_max_patches", patches,
                "" if crop in ("anyres", "anyres_max") else f"unused by {crop}")
@@ -256,7 +266,7 @@ def _translate_model_head(t: _Translator, latent: int) -> dict:
         config["resample_interpolation"] = interp
         t.take("models.stitch_interp", "model:resample_interpolation", interp)
         if t.get("models.stitch_target_cols", 0):
-            config["resample_columns"] = int(t.get("models.stitch_target_cols"))
+            config["resample_columns"] = t.number("models.stitch_target_cols", kind=int)
             t.take("models.stitch_target_cols", "model:resample_columns", config["resample_columns"])
         t.drop("models.stitch_target_to_view_width", "NOT REPRODUCED: set resample_columns to the view's token "
                "columns in the model arguments to resample onto one view width" if t.get(
@@ -271,7 +281,7 @@ def _translate_model_head(t: _Translator, latent: int) -> dict:
            "" if t.has("models.use_projection_positional_encoding") else "PanoLLaVA's ModelConfig default: PE off")
     if pe:
         config["panorama_pe_type"] = "panollava"
-        config["pe_temperature"] = float(t.get("models.pe_temperature", 10000.0))
+        config["pe_temperature"] = t.number("models.pe_temperature", 10000.0)
         t.take("models.pe_temperature", "model:pe_temperature", config["pe_temperature"])
         t.note("(behaviour) PanoLLaVA's PE formula", "yaw + row + strip column sinusoids", "model:panorama_pe_type",
                "panollava", "the anyres_e2p global view is no longer encoded as the leftmost strip view")
@@ -290,8 +300,8 @@ def _translate_model_head(t: _Translator, latent: int) -> dict:
     t.take("models.use_vicreg_norm", "model:vision_feature_norm", config["vision_feature_norm"],
            "" if t.has("models.use_vicreg_norm") else "PanoLLaVA's default: a frozen LayerNorm on the tower output")
     head = t.get("models.use_vicreg_projector", True)
-    dim = int(t.get("models.vicreg_projector_dim") or latent)
-    config["vicreg_projector_depth"] = int(t.get("models.vicreg_projector_depth", 2)) if head else 0
+    dim = t.number("models.vicreg_projector_dim", kind=int) if t.get("models.vicreg_projector_dim") else latent
+    config["vicreg_projector_depth"] = t.number("models.vicreg_projector_depth", 2, int) if head else 0
     config["vicreg_projector_dim"] = dim
     t.take("models.use_vicreg_projector", "model:vicreg_projector_depth", config["vicreg_projector_depth"],
            "" if head else "no head: depth 0")

@@ -67,17 +67,14 @@ def _stage_entry(t, name: str, key: str, top: dict, model_max: int) -> dict:
         if not t.has(f"{base}.{field}"):
             raise LegacyConversionError(f"{base} has no {field}; PanoLLaVA required epochs, lr and batch_size per stage")
     where = f"run:stages.{name}."
-    entry["num_train_epochs"] = float(t.get(f"{base}.epochs"))
+    entry["num_train_epochs"] = t.number(f"{base}.epochs")
     t.take(f"{base}.epochs", where + "num_train_epochs", entry["num_train_epochs"])
-    try:
-        entry["learning_rate"] = float(t.get(f"{base}.lr"))
-    except (TypeError, ValueError):
-        raise LegacyConversionError(f"{base}.lr must be a number, got {t.get(f'{base}.lr')!r}") from None
+    entry["learning_rate"] = t.number(f"{base}.lr")
     t.take(f"{base}.lr", where + "learning_rate", entry["learning_rate"],
            "a string in the YAML; PanoLLaVA converted it to a number" if isinstance(t.get(f"{base}.lr"), str) else "")
-    entry["batch_size"] = int(t.get(f"{base}.batch_size"))
+    entry["batch_size"] = t.number(f"{base}.batch_size", kind=int)
     t.take(f"{base}.batch_size", where + "batch_size", entry["batch_size"])
-    accumulation = int(t.get(f"{base}.accumulate_grad_batches", DEFAULT_ACCUMULATION))
+    accumulation = t.number(f"{base}.accumulate_grad_batches", DEFAULT_ACCUMULATION, int)
     entry["gradient_accumulation_steps"] = accumulation
     t.take(f"{base}.accumulate_grad_batches", where + "gradient_accumulation_steps", accumulation,
            "" if t.has(f"{base}.accumulate_grad_batches") else "PanoLLaVA's trainer default")
@@ -90,19 +87,19 @@ def _stage_entry(t, name: str, key: str, top: dict, model_max: int) -> dict:
                f"PanoLLaVA counted batches as optimizer steps: with accumulation {accumulation} its warm-up covered "
                f"{warmup:.0%} of the optimizer steps (its linear decay also stopped short of 0; PanoVLM's reaches 0)")
     if t.has(f"{base}.max_text_length"):
-        length = min(int(t.get(f"{base}.max_text_length")), model_max)
+        length = min(t.number(f"{base}.max_text_length", kind=int), model_max)
         entry["max_length"] = length
         t.take(f"{base}.max_text_length", where + "max_length", length,
-               "" if length == int(t.get(f"{base}.max_text_length")) else
+               "" if length == t.number(f"{base}.max_text_length", kind=int) else
                f"PanoLLaVA's model trimmed sequences to models.max_text_length ({model_max})")
-    blocks = t.get(f"{base}.vision_trainable_blocks")
-    if blocks is not None:
-        if name == "vision" and int(blocks) >= 0:
-            entry["vision_trainable_blocks"] = int(blocks)
-            t.take(f"{base}.vision_trainable_blocks", where + "vision_trainable_blocks", int(blocks))
+    if t.get(f"{base}.vision_trainable_blocks") is not None:
+        blocks = t.number(f"{base}.vision_trainable_blocks", kind=int)
+        if name == "vision" and blocks >= 0:
+            entry["vision_trainable_blocks"] = blocks
+            t.take(f"{base}.vision_trainable_blocks", where + "vision_trainable_blocks", blocks)
         elif name == "vision":
             t.drop(f"{base}.vision_trainable_blocks", "NOT REPRODUCED: -1 (every block): give the tower's block count")
-        elif int(blocks) == 0:
+        elif blocks == 0:
             t.drop(f"{base}.vision_trainable_blocks", "0: the tower stays frozen, as in every PanoVLM caption stage")
         else:
             t.drop(f"{base}.vision_trainable_blocks", "NOT REPRODUCED: PanoVLM trains tower blocks in the vision stage only")
@@ -116,10 +113,10 @@ def _stage_entry(t, name: str, key: str, top: dict, model_max: int) -> dict:
             t.drop(f"{base}.{field}", f"never read by PanoLLaVA's model: models.{field} ({effective}) applied, {same}")
     t.drop(f"{base}.debug_vicreg_loss", "debug logging only")
     if name == "vision":
-        scale = float(t.get("models.vicreg_loss_weight", 1.0))
+        scale = t.number("models.vicreg_loss_weight", 1.0)
         for source, option in (("vicreg_similarity_weight", "vicreg_invariance"), ("vicreg_variance_weight", "vicreg_variance"),
                                ("vicreg_covariance_weight", "vicreg_covariance")):
-            entry[option] = float(t.get(f"models.{source}", model_weights[source])) * scale
+            entry[option] = t.number(f"models.{source}", model_weights[source]) * scale
             t.take(f"models.{source}", where + option, entry[option],
                    "PanoLLaVA's ModelConfig value" + (f", times models.vicreg_loss_weight {scale}" if scale != 1.0 else ""))
         entry["vicreg_mode"] = t.get("models.vicreg_mode", "pairwise")
@@ -167,10 +164,10 @@ def translate_training(t, model_args: dict, output_dir: str | None) -> tuple[dic
         else:
             t.drop(key, f"PanoLLaVA read {test_csv} first" if test_csv else "empty")
     if t.has("training.num_workers"):
-        top["dataloader_num_workers"] = int(t.get("training.num_workers"))
+        top["dataloader_num_workers"] = t.number("training.num_workers", kind=int)
         t.take("training.num_workers", "run:dataloader_num_workers", top["dataloader_num_workers"])
     if t.has("training.eval_batch_size"):
-        top["eval_batch_size"] = int(t.get("training.eval_batch_size"))
+        top["eval_batch_size"] = t.number("training.eval_batch_size", kind=int)
         t.take("training.eval_batch_size", "run:eval_batch_size", top["eval_batch_size"])
 
     system = t.get("system_messages.default", DATASET_SYSTEM_FALLBACK)
@@ -196,7 +193,7 @@ def translate_training(t, model_args: dict, output_dir: str | None) -> tuple[dic
     canonical = [STAGE_ALIASES[s] for s in stages]
     t.take("training.stages", "run:stages", canonical, "" if t.has("training.stages") else "PanoLLaVA's default")
     configs = t.get("training.stage_configs", {}) or {}
-    model_max = int(t.get("models.max_text_length", MODEL_MAX_TEXT_LENGTH))
+    model_max = t.number("models.max_text_length", MODEL_MAX_TEXT_LENGTH, int)
     entries = []
     for original, stage in zip(stages, canonical):
         key = next((k for k in (original, stage) if k in configs), None)
@@ -232,7 +229,7 @@ def translate_training(t, model_args: dict, output_dir: str | None) -> tuple[dic
         t.take(f"generation.{key}", f"model:generation.{key}", generation[key],
                "" if t.has(f"generation.{key}") else "PanoLLaVA's eval.py default")
     # PanoLLaVA clamped the temperature to [0.1, 1] and sampled whenever it was above 0.1.
-    generation["temperature"] = min(max(float(generation["temperature"]), 0.1), 1.0)
+    generation["temperature"] = min(max(t.number("generation.temperature", generation["temperature"]), 0.1), 1.0)
     generation["do_sample"] = generation["temperature"] > 0.1
     if generation["do_sample"]:
         t.note("(behaviour) sampling", "temperature > 0.1", "model:generation.do_sample", True,
@@ -243,7 +240,7 @@ def translate_training(t, model_args: dict, output_dir: str | None) -> tuple[dic
         t.note("(behaviour) sampling", "temperature <= 0.1", "model:generation.do_sample", False,
                "PanoLLaVA decoded greedily at this temperature; its sampling settings are left out")
     model_args["generation"] = generation
-    top["evaluation_max_new_tokens"] = int(generation["max_new_tokens"])
+    top["evaluation_max_new_tokens"] = t.number("generation.max_new_tokens", generation["max_new_tokens"], int)
     top["evaluate_after_training"] = False
     t.note("(behaviour) evaluation", "scripts/eval.py run by hand", "run:evaluate_after_training", False,
            "run the printed `panovlm evaluate` command on the test table")
